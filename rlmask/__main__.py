@@ -1,0 +1,3 @@
+from rlmask.cli import main
+
+raise SystemExit(main())
