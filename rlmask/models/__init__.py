@@ -1,0 +1,137 @@
+"""Model registry: built-in timm-compatible ResNets, an optional ``timm:<name>`` passthrough, the agents' U-Net.
+
+``create_model("resnet18", num_classes=10)`` builds a registered model; ``register_model`` adds a
+builder ``fn(num_classes, in_chans=3, small_stem=False) -> nn.Module`` under its function name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from rlmask.errors import UserError
+from rlmask.models.resnet import ResNet, resnet10t, resnet18, resnet26, resnet34, resnet50
+from rlmask.models.unet import UNet
+
+__all__ = [
+    "ResNet",
+    "UNet",
+    "create_model",
+    "list_models",
+    "load_timm_state_dict",
+    "register_model",
+    "seeded_init",
+]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn(num_classes, in_chans=3, small_stem=False)`` under ``fn.__name__``."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} is already registered")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+for _fn in (resnet10t, resnet18, resnet26, resnet34, resnet50):
+    register_model(_fn)
+
+
+def list_models() -> list[str]:
+    """Sorted names of the registered models (``timm:<name>`` is accepted too, when timm imports)."""
+    return sorted(_REGISTRY)
+
+
+@contextlib.contextmanager
+def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
+    """Within this block, PyTorch's default CPU RNG is seeded from ``generator`` and restored afterwards,
+    so module constructors (which draw their initial weights from the global RNG) become reproducible
+    without touching global state. With ``generator=None`` nothing changes.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    small_stem: bool = False,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs (0: pooled features) for ``in_chans`` channels.
+
+    ``small_stem`` suits 28-64 px images (no stride in the stem, see ``ResNet``). ``timm:<name>``
+    builds ``timm.create_model(<name>, pretrained=False, ...)`` when timm imports. The initial weights
+    are drawn from ``generator`` when one is given (see ``seeded_init``).
+    """
+    if name.startswith("timm:"):
+        return _create_timm(name, num_classes, in_chans, small_stem, generator)
+    if name not in _REGISTRY:
+        choices = ", ".join(list_models())
+        raise UserError(f"--model {name}: unknown model; choose from {choices}, or timm:<name>")
+    with seeded_init(generator):
+        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, small_stem=small_stem)
+
+
+def _create_timm(
+    name: str, num_classes: int, in_chans: int, small_stem: bool, generator: torch.Generator | None
+) -> nn.Module:
+    try:
+        import timm
+    except Exception:  # a broken install (e.g. torchvision mismatch) raises more than ImportError
+        raise UserError(f"--model {name}: timm is not installed or does not import (pip install timm)") from None
+    if small_stem:
+        builtin = ", ".join(list_models())
+        raise UserError(f"--model {name}: small_stem works only with the built-in models ({builtin}); turn it off")
+    try:
+        with seeded_init(generator):
+            return timm.create_model(name[len("timm:"):], pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    except RuntimeError as e:  # timm's "Unknown model (...)"
+        raise UserError(f"--model {name}: {e}") from None
+
+
+def _strip_prefix(key: str) -> str:
+    # torch.compile wraps a module as `_orig_mod`, DataParallel/DDP as `module`; either may nest the other.
+    while key.startswith(("_orig_mod.", "module.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def load_timm_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
+) -> nn.Module:
+    """Load a timm-style ``state_dict`` into ``model`` strictly, after stripping ``_orig_mod.``/``module.`` prefixes.
+
+    Raises ``UserError`` naming ``source`` (e.g. the checkpoint path) and a few missing, unexpected
+    and shape-mismatched keys when the dict does not fit. Returns ``model``.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise UserError(f"{source}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
+    sd = {_strip_prefix(k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+        if keys
+    ]
+    if problems:
+        raise UserError(f"{source}: does not fit {type(model).__name__}; " + "; ".join(problems))
+    model.load_state_dict(sd, strict=True)
+    return model
