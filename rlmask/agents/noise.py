@@ -1,0 +1,421 @@
+"""PGNM: a policy-gradient-driven Beta noise mask (Yavuz & Yang, ICPR 2024), and its two baselines.
+
+A light policy (resnet10t features + two heads) looks at each training image and outputs, per cell
+of a G x G grid, the log-parameters of a Beta distribution. A mask is sampled from it, upsampled,
+blurred and multiplied into the image; the classifier trains on the masked image and its loss is
+the policy's (negative) reward. See METHODS.md section 1 for the reference step and what is odd in it.
+
+Two objectives, one option:
+- ``reference``: the published step, ``loss = mean_B(logsumexp_cells(log_prob)) * ce_mean``.
+- ``reinforce`` (default): the classifier minimises the mean CE on masked images; the policy follows
+  REINFORCE with per-sample rewards, a running-mean baseline and an optional entropy bonus.
+
+Baselines sharing the same configuration: ``RandomMaskAgent`` (Beta(1,1) cells, no policy) and
+``GaussianNoiseAgent`` (additive Gaussian noise). Every draw comes from an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Beta
+
+from rlmask.agents.base import AgentOptimizer, MaskAgent
+from rlmask.errors import UserError
+from rlmask.masks import apply_mask, render_mask, scaled_mask_geometry
+from rlmask.models import create_model, seeded_init
+
+EPS = 1e-6  # sampled cells are clamped to [EPS, 1-EPS]: a float32 Beta draw can round to exactly 0 or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class NoiseConfig:
+    """Options of the PGNM agent (the random-mask and Gaussian-noise baselines use the fields that apply)."""
+
+    grid: int | None = _opt(None, "mask grid side G (None: round(64*S/224), at least 4)")
+    kernel: int | None = _opt(None, "odd Gaussian blur kernel size (None: nearest odd to 13*S/224, at least 3)")
+    sigma: float | None = _opt(None, "Gaussian blur sigma in pixels (None: 6*S/224)")
+    upsample: str = _opt("nearest", "grid-to-image upsampling", choices=["nearest", "bilinear"])
+    base_mix: float = _opt(0.9, "weight of the running base in the log-parameters: base_mix*base + (1-base_mix)*head")
+    base_ema: float = _opt(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
+    policy_input_size: int | None = _opt(None, "side the policy sees its input at (None: full resolution)")
+    objective: str = _opt("reinforce", "policy objective: 'reinforce' (per-sample rewards, baseline) or "
+                          "'reference' (the published logsumexp * CE product)", choices=["reinforce", "reference"])
+    # METHODS.md gives the corrected objective the reward r_i = -CE_i: the policy is rewarded for masks
+    # the classifier still gets right, i.e. it cooperates, as the reference does. 'adversarial' (r_i = +CE_i)
+    # is offered, not the default: without a constraint its optimum is the trivial all-zero mask.
+    policy_sign: str = _opt("cooperative", "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; "
+                            "reinforce only)", choices=["cooperative", "adversarial"])
+    entropy_coef: float = _opt(0.0, "weight of the mean per-cell Beta entropy bonus (reinforce only)")
+    baseline_momentum: float = _opt(0.9, "momentum of the running-mean reward baseline (reinforce only)")
+    min_concentration: float = _opt(1e-2, "lower clamp of the Beta concentrations exp(log-params)")
+    max_concentration: float = _opt(1e2, "upper clamp of the Beta concentrations exp(log-params)")
+    policy_lr: float = _opt(0.01, "policy learning rate (the reference uses the classifier's lr / 10)")
+    policy_momentum: float = _opt(0.9, "policy SGD momentum")
+    policy_weight_decay: float = _opt(1e-4, "policy weight decay")
+    policy_optimizer: str = _opt("sgd", "policy optimiser", choices=["sgd", "adamw", "adam"])
+    policy_schedule: str = _opt("cosine", "policy learning-rate schedule", choices=["cosine", "step", "constant"])
+    # Images are normalised with std 0.3213, so 0.3 normalised units is about 0.1 of the [0, 1] intensity
+    # range: visible noise that keeps the anatomy readable, the usual strength of noise augmentation.
+    noise_std: float = _opt(0.3, "std of the additive Gaussian noise in normalised units (gaussian-noise only)")
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first option that is out of range."""
+        for name in ("upsample", "objective", "policy_sign", "policy_optimizer", "policy_schedule"):
+            choices = NoiseConfig.__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose from {', '.join(choices)}")
+        checks = [
+            ("base_mix", 0 <= self.base_mix <= 1, "must be in [0, 1]"),
+            ("base_ema", 0 <= self.base_ema < 1, "must be in [0, 1)"),
+            ("baseline_momentum", 0 <= self.baseline_momentum < 1, "must be in [0, 1)"),
+            ("entropy_coef", self.entropy_coef >= 0, "must be >= 0"),
+            ("min_concentration", self.min_concentration > 0, "must be > 0"),
+            ("max_concentration", self.max_concentration > self.min_concentration, "must exceed min_concentration"),
+            ("policy_input_size", self.policy_input_size is None or self.policy_input_size >= 8, "must be >= 8"),
+            ("policy_lr", self.policy_lr > 0, "must be > 0"),
+            ("noise_std", self.noise_std >= 0, "must be >= 0"),
+            ("policy_sign", self.objective == "reinforce" or self.policy_sign == "cooperative",
+             "the reference objective is cooperative only"),
+            ("entropy_coef", self.objective == "reinforce" or self.entropy_coef == 0,
+             "applies to objective 'reinforce' only"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling a Beta from an explicit generator
+# ---------------------------------------------------------------------------------------------
+# torch.distributions.Beta.sample draws from the global RNG (torch._standard_gamma takes no generator),
+# so rlmask samples the two Gamma variates itself: Marsaglia-Tsang for shape a+1, boosted to shape a by
+# U^(1/a), all in log space so that tiny concentrations (X ~ 1e-300) neither underflow nor divide 0/0.
+def _log_standard_gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """log of Gamma(conc, 1) samples, drawn from ``generator`` (on its device); same shape as ``conc``."""
+    d = conc + 2.0 / 3.0  # Marsaglia-Tsang's d = shape - 1/3 with shape = conc + 1
+    c = 1.0 / torch.sqrt(9.0 * d)
+    log_g = torch.empty_like(conc)
+    todo = torch.ones_like(conc, dtype=torch.bool)
+    while bool(todo.any()):  # each pass accepts > 95% of the remaining draws
+        z = torch.randn(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
+        u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)  # (0, 1]
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        log_g = torch.where(todo & ok, torch.log(d * v.clamp_min(1e-30)), log_g)
+        todo = todo & ~ok
+    u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
+    return log_g + torch.log(u) / conc  # Gamma(a) = Gamma(a+1) * U^(1/a)
+
+
+def sample_beta(alpha: torch.Tensor, beta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Beta(alpha, beta) samples drawn only from ``generator``, on the generator's device.
+
+    X ~ Gamma(alpha), Y ~ Gamma(beta): X / (X + Y) = sigmoid(log X - log Y).
+    """
+    alpha = alpha.detach().float().to(generator.device)
+    beta = beta.detach().float().to(generator.device)
+    return torch.sigmoid(_log_standard_gamma(alpha, generator) - _log_standard_gamma(beta, generator))
+
+
+def sample_cells(dist: Beta, generator: torch.Generator) -> torch.Tensor:
+    """Mask cells from ``dist`` clamped to [EPS, 1-EPS] (so ``dist.log_prob`` stays finite); no gradient."""
+    return sample_beta(dist.concentration1, dist.concentration0, generator).clamp(EPS, 1 - EPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+# ---------------------------------------------------------------------------------------------
+def _head(width: int, cells: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, cells),
+    )
+
+
+class BetaNoisePolicy(nn.Module):
+    """pi(x): per-cell Beta log-parameters from resnet10t features, mixed with running bases.
+
+    grid: G; image_size: side of the images it receives; input_size: side it looks at them
+    (None: ``image_size``; smaller values downscale first, cheaper). The initial weights and bases
+    are drawn from ``seed`` so every process starts from the same policy.
+    """
+
+    def __init__(
+        self,
+        grid: int,
+        in_chans: int,
+        image_size: int,
+        input_size: int | None = None,
+        base_mix: float = 0.9,
+        base_ema: float = 0.99,
+        min_concentration: float = 1e-2,
+        max_concentration: float = 1e2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.grid, self.input_size = grid, input_size
+        self.base_mix, self.base_ema = base_mix, base_ema
+        self.log_min, self.log_max = math.log(min_concentration), math.log(max_concentration)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("base_a", torch.rand(1, grid * grid, generator=g))  # (1, G*G)
+        self.register_buffer("base_b", torch.rand(1, grid * grid, generator=g))  # (1, G*G)
+        side = input_size or image_size
+        self.features = create_model("resnet10t", num_classes=0, in_chans=in_chans, small_stem=side <= 64, generator=g)
+        width = self.features.num_features
+        with seeded_init(g):
+            self.head_a = _head(width, grid * grid)
+            self.head_b = _head(width, grid * grid)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (log_alpha, log_beta), each (B, G*G); in training mode also moves the bases."""
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        h = self.features(x)  # (B, 512)
+        a, b = self.head_a(h), self.head_b(h)  # (B, G*G) each: the heads run once per step
+        log_alpha = self.base_mix * self.base_a + (1 - self.base_mix) * a  # (B, G*G)
+        log_beta = self.base_mix * self.base_b + (1 - self.base_mix) * b
+        if self.training:
+            with torch.no_grad():  # EMA of the batch-mean head outputs, after they were used
+                self.base_a.mul_(self.base_ema).add_((1 - self.base_ema) * a.mean(0, keepdim=True))
+                self.base_b.mul_(self.base_ema).add_((1 - self.base_ema) * b.mean(0, keepdim=True))
+            self.sync_bases()
+        return log_alpha, log_beta
+
+    def sync_bases(self) -> None:
+        """Average the bases across processes (the reference leaves them per-process and drifting apart)."""
+        if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+            for base in (self.base_a, self.base_b):
+                torch_dist.all_reduce(base, op=torch_dist.ReduceOp.SUM)
+                base.div_(torch_dist.get_world_size())
+
+    def distribution(self, log_alpha: torch.Tensor, log_beta: torch.Tensor) -> Beta:
+        """Beta(exp(log_alpha), exp(log_beta)) with concentrations clamped to [min, max], in float32.
+
+        The clamp acts on the log-parameters, before exp: exp(1e4) = inf would make the clamp's
+        zero gradient times inf a NaN.
+        """
+        alpha = log_alpha.float().clamp(self.log_min, self.log_max).exp()
+        beta = log_beta.float().clamp(self.log_min, self.log_max).exp()
+        return Beta(alpha, beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two objectives, as pure functions of per-cell log-probabilities
+# ---------------------------------------------------------------------------------------------
+def reference_loss(log_prob: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """The published loss: mean_B(logsumexp over cells of log_prob) * mean_B(ce).
+
+    log_prob (B, G*G), ce (B,). One backward trains both networks; the classifier's gradient is
+    scaled by the (data-dependent, possibly negative) logsumexp factor.
+    """
+    return torch.logsumexp(log_prob, dim=1).mean() * ce.mean()
+
+
+def reinforce_policy_loss(
+    log_prob: torch.Tensor, advantage: torch.Tensor, entropy: torch.Tensor, entropy_coef: float
+) -> torch.Tensor:
+    """REINFORCE with a baseline: -mean_i(advantage_i * sum_cells log_prob_i) - entropy_coef * mean entropy.
+
+    log_prob (B, G*G), advantage (B,) detached, entropy (B, G*G).
+    """
+    return -(advantage * log_prob.sum(dim=1)).mean() - entropy_coef * entropy.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Agents
+# ---------------------------------------------------------------------------------------------
+def _rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
+
+
+class _SeededAgent(MaskAgent):
+    """An agent owning its mask-sampling generator, kept in its state dict for an exact resume."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+        self._rng: torch.Generator | None = None
+        self._rng_saved: dict | None = None  # from a checkpoint, applied when the generator is made
+
+    def rng(self, device: torch.device | str) -> torch.Generator:
+        """This process's generator on ``device``, seeded from (seed, rank) so ranks draw different masks."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self._rng is None or self._rng.device != device:
+            self._rng = torch.Generator(device=device)
+            self._rng.manual_seed(self.seed * 7919 + 104729 * (_rank() + 1))
+            saved = self._rng_saved
+            if saved is not None and saved["device"] == str(device):
+                self._rng.set_state(saved["state"])
+                if saved["rank"] != _rank():  # only rank 0 saves: fork its stream rather than share it
+                    draw = torch.randint(2**62, (1,), generator=self._rng, device=device)
+                    self._rng.manual_seed(int(draw) + _rank())
+        return self._rng
+
+    def get_extra_state(self) -> dict | None:
+        if self._rng is None:
+            return self._rng_saved
+        return {"device": str(self._rng.device), "rank": _rank(), "state": self._rng.get_state()}
+
+    def set_extra_state(self, state: dict | None) -> None:
+        self._rng, self._rng_saved = None, state
+
+
+class NoiseMaskAgent(_SeededAgent):
+    """PGNM: a Beta noise-mask policy trained by policy gradient next to the classifier."""
+
+    name = "pgnm"
+
+    def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
+        super().__init__(seed)
+        cfg.validate()
+        self.cfg = cfg
+        self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
+        self.policy = BetaNoisePolicy(
+            self.geometry["grid"], in_chans, image_size, cfg.policy_input_size, cfg.base_mix, cfg.base_ema,
+            cfg.min_concentration, cfg.max_concentration, seed=seed,
+        )
+        self.register_buffer("baseline", torch.zeros(()))  # running mean of the rewards
+        self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))
+
+    def render(self, cells: torch.Tensor, size) -> torch.Tensor:
+        """Cells (B, G*G) -> smooth mask (B, 1, H, W)."""
+        return render_mask(cells, tuple(size), kernel=self.geometry["kernel"], sigma=self.geometry["sigma"],
+                           upsample=self.cfg.upsample)
+
+    def training_loss(self, model, x, y, criterion):
+        """One PGNM step on x (B, C, H, W): sample masks, classify masked images, build the objective's loss."""
+        log_alpha, log_beta = self.policy(x)  # (B, G*G) each
+        dist = self.policy.distribution(log_alpha, log_beta)
+        cells = sample_cells(dist, self.rng(x.device))  # (B, G*G), sampled: no gradient reaches the mask
+        mask = self.render(cells, x.shape[-2:])  # (B, 1, H, W)
+        ce = criterion(model(apply_mask(x, mask)), y).float()  # (B,)
+        log_prob = dist.log_prob(cells)  # (B, G*G)
+        entropy = dist.entropy()  # (B, G*G)
+        sign = -1.0 if self.cfg.policy_sign == "cooperative" else 1.0
+        reward = sign * ce.detach()  # (B,)
+
+        if self.cfg.objective == "reference":
+            loss = policy_loss = reference_loss(log_prob, ce)
+            baseline = torch.zeros_like(reward[0])
+            log_prob_used = torch.logsumexp(log_prob, dim=1).mean()  # the reference's "log-probability"
+        else:
+            baseline = torch.where(self.baseline_steps > 0, self.baseline, reward.mean())
+            advantage = reward - baseline  # (B,)
+            policy_loss = reinforce_policy_loss(log_prob, advantage, entropy, self.cfg.entropy_coef)
+            loss = ce.mean() + policy_loss
+            with torch.no_grad():  # updated after use, so a sample's own reward is not in its baseline
+                m = self.cfg.baseline_momentum
+                self.baseline.copy_(m * baseline + (1 - m) * reward.mean())
+                self.baseline_steps.add_(1)
+            log_prob_used = log_prob.sum(dim=1).mean()  # joint log-probability of a mask
+
+        logs = {
+            "losses/ce": ce.mean(), "losses/policy": policy_loss, "policy/mask_mean": cells.mean(),
+            "policy/mask_entropy": entropy.mean(), "policy/reward": reward.mean(), "policy/baseline": baseline,
+            "policy/log_prob": log_prob_used,
+        }
+        return loss, {k: v.detach() for k, v in logs.items()}
+
+    @torch.no_grad()
+    def masked_eval_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x under one input-independent mask from Beta(exp(base_a), exp(base_b)), shared by the batch.
+
+        Drawn from ``generator`` (None: a CPU generator seeded with the agent's seed, so the same mask
+        every call).
+        """
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        dist = self.policy.distribution(self.policy.base_a, self.policy.base_b)  # (1, G*G)
+        cells = sample_cells(dist, generator).to(x.device)  # (1, G*G)
+        return apply_mask(x, self.render(cells, x.shape[-2:]))
+
+    @torch.no_grad()
+    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(cells (B, G*G), mask (B, 1, H, W)) the policy gives x, in eval mode (bases untouched).
+
+        Drawn from ``generator`` (None: a CPU generator seeded with the agent's seed; the training
+        stream is left alone).
+        """
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            dist = self.policy.distribution(*self.policy(x))
+        finally:
+            self.policy.train(was_training)
+        cells = sample_cells(dist, generator or torch.Generator().manual_seed(self.seed)).to(x.device)
+        return cells, self.render(cells, x.shape[-2:])
+
+    def optimizer_options(self) -> AgentOptimizer:
+        c = self.cfg
+        return AgentOptimizer(lr=c.policy_lr, momentum=c.policy_momentum, weight_decay=c.policy_weight_decay,
+                              optimizer=c.policy_optimizer, schedule=c.policy_schedule)
+
+    def resolved_config(self) -> dict:
+        return {"method": self.name, **dataclasses.asdict(self.cfg), **self.geometry}
+
+
+class RandomMaskAgent(_SeededAgent):
+    """Ablation: Beta(1,1) (uniform) cells rendered like PGNM's masks, no policy."""
+
+    name = "random-mask"
+
+    def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
+        super().__init__(seed)
+        cfg.validate()
+        self.cfg = cfg
+        self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
+
+    def _mask(self, n: int, size, generator: torch.Generator, device) -> torch.Tensor:
+        g = self.geometry
+        cells = torch.rand(n, g["grid"] ** 2, generator=generator, device=generator.device).to(device)  # (n, G*G)
+        return render_mask(cells, tuple(size), kernel=g["kernel"], sigma=g["sigma"], upsample=self.cfg.upsample)
+
+    def training_loss(self, model, x, y, criterion):
+        mask = self._mask(x.shape[0], x.shape[-2:], self.rng(x.device), x.device)  # (B, 1, H, W)
+        ce = criterion(model(apply_mask(x, mask)), y).mean()
+        return ce, {"losses/ce": ce.detach(), "policy/mask_mean": mask.mean().detach()}
+
+    @torch.no_grad()
+    def masked_eval_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x under one uniform random mask shared by the batch (None: seeded with the agent's seed)."""
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        return apply_mask(x, self._mask(1, x.shape[-2:], generator, x.device))
+
+    def resolved_config(self) -> dict:
+        return {"method": self.name, "upsample": self.cfg.upsample, **self.geometry}
+
+
+class GaussianNoiseAgent(_SeededAgent):
+    """Baseline: x + N(0, noise_std^2) per pixel and channel, in normalised units."""
+
+    name = "gaussian-noise"
+
+    def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
+        super().__init__(seed)
+        cfg.validate()
+        self.cfg = cfg
+
+    def training_loss(self, model, x, y, criterion):
+        noise = torch.randn(x.shape, generator=self.rng(x.device), device=x.device, dtype=x.dtype)  # (B, C, H, W)
+        ce = criterion(model(x + self.cfg.noise_std * noise), y).mean()
+        return ce, {"losses/ce": ce.detach()}
+
+    def resolved_config(self) -> dict:
+        return {"method": self.name, "noise_std": self.cfg.noise_std}
