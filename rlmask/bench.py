@@ -1,0 +1,132 @@
+"""``rlmask bench``: training-step and data-pipeline throughput, measured side by side in one run.
+
+Plain and method steps are timed in alternating rounds on the same synthetic batch, so machine
+noise hits both alike and the printed ``ratio`` (method step time / plain step time) is fair.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlmask.config import option
+from rlmask.errors import UserError
+
+
+@dataclass
+class BenchConfig:
+    """Options of ``rlmask bench``."""
+
+    model: str = option("resnet18", "classifier to time")
+    image_size: int = option(64, "image side in pixels", metavar="PX")
+    batch_size: int = option(64, "batch size")
+    channels: int = option(3, "input channels")
+    method: str = option("plain", "method timed against plain training", choices=["plain", "pgnm", "random-mask", "gaussian-noise"])
+    policy_input_size: int | None = option(None, "PGNM: side of the policy's input (default: full resolution)")
+    rounds: int = option(5, "alternating timing rounds")
+    steps: int = option(5, "steps per round and method")
+    warmup: int = option(3, "untimed steps before timing")
+    data: list[str] = option(["synthetic"], "data whose pipeline (batches + augmentation) is timed")
+    pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
+    device: str = option("auto", "auto, cpu or cuda")
+    threads: int | None = option(None, "CPU threads (default: torch's choice)")
+    seed: int = option(0, "seed")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, n: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _step_runner(cfg: BenchConfig, method: str, device: torch.device, x: torch.Tensor, y: torch.Tensor):
+    from rlmask.agents import build_agent
+    from rlmask.models import create_model
+    from rlmask.train.loop import make_optimizer, train_step
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, 10, in_chans=cfg.channels, small_stem=cfg.image_size <= 64).to(device)
+    options = {"policy_input_size": cfg.policy_input_size} if method == "pgnm" else {}
+    agent = build_agent(method, image_size=cfg.image_size, in_chans=cfg.channels, seed=cfg.seed, **options).to(device)
+    opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
+    agent_options = agent.optimizer_options()
+    agent_opt = (make_optimizer(agent.parameters(), agent_options.optimizer, agent_options.lr, agent_options.momentum,
+                                agent_options.weight_decay) if agent_options else None)
+    model.train()
+    agent.train()
+
+    def criterion(logits, target):
+        return F.cross_entropy(logits.float(), target, reduction="none")
+
+    amp = device.type == "cuda"
+    return lambda: train_step(model, agent, x, y, criterion, opt, agent_opt, amp=amp)
+
+
+def _pipeline_rate(cfg: BenchConfig, device: torch.device) -> float:
+    from rlmask.data import Augment, BatchLoader, build_pool
+
+    pool = build_pool(cfg.data, cfg.image_size, cfg.channels)
+    loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                         device=device)
+    aug = Augment(pool.image_size, train=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images, epoch = 0, 0
+    _sync(device)
+    start = time.perf_counter()
+    while images < cfg.pipeline_batches * cfg.batch_size:
+        for x_u8, _ in loader.epoch(epoch):
+            aug(x_u8, gen)
+            images += x_u8.shape[0]
+            if images >= cfg.pipeline_batches * cfg.batch_size:
+                break
+        epoch += 1
+    _sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Images/s of plain training, of ``cfg.method`` (with their step-time ratio) and of the data pipeline."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    if cfg.batch_size < 2 or cfg.image_size < 8:
+        raise UserError("--batch-size must be >= 2 and --image-size >= 8")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=gen).to(device)
+    y = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runners = {"plain": _step_runner(cfg, "plain", device, x, y)}
+    if cfg.method != "plain":
+        runners[cfg.method] = _step_runner(cfg, cfg.method, device, x, y)
+    for run in runners.values():
+        _timed(run, cfg.warmup, device)
+    seconds = dict.fromkeys(runners, 0.0)
+    for _ in range(cfg.rounds):
+        for name, run in runners.items():
+            seconds[name] += _timed(run, cfg.steps, device)
+    images = cfg.rounds * cfg.steps * cfg.batch_size
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "method": cfg.method,
+              "policy_input_size": cfg.policy_input_size,
+              "plain_img_s": round(images / seconds["plain"], 2)}
+    if cfg.method != "plain":
+        result["method_img_s"] = round(images / seconds[cfg.method], 2)
+        result["ratio"] = round(seconds[cfg.method] / seconds["plain"], 3)
+    if device.type == "cuda":
+        result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if cfg.pipeline_batches:
+        result["pipeline_img_s"] = round(_pipeline_rate(cfg, device), 1)
+    return result

@@ -1,0 +1,172 @@
+"""The ``rlmask`` command line. Each command only wires pieces of the package together."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from rlmask import __version__
+from rlmask.config import add_dataclass_arguments, resolve
+from rlmask.errors import UserError
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of options (flags override it)")
+
+
+def _record_command(out: str | Path) -> None:
+    """Keep the exact command line that produced an output folder inside it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "command.txt", "a") as fh:
+        fh.write(shlex.join(["rlmask", *sys.argv[1:]]) + "\n")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rlmask.train.loop import TrainConfig, fit
+
+    cfg = resolve(TrainConfig, args, args.config)
+    _record_command(cfg.out)
+    metrics = fit(cfg)
+    _print_final(metrics, cfg.out)
+    return 0
+
+
+def _print_final(metrics: dict, out: str) -> None:
+    test = metrics.get("test") or metrics["val"]
+    split = "test" if metrics.get("test") else "val"
+    print(f"{split}: accuracy {test['accuracy']:.4f}  balanced {test['balanced_accuracy']:.4f}  "
+          f"macro-F1 {test['macro_f1']:.4f}  AUROC {test['auroc'] if test['auroc'] is None else round(test['auroc'], 4)}"
+          f"  -> {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rlmask.evaluate.inference import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, model_name=args.model,
+                                  batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc", "auroc_ovo"):
+            value = metrics[key]
+            print(f"{key:>18}  {'n/a' if value is None else f'{value:.4f}'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rlmask.evaluate.inference import predict_files
+
+    rows = predict_files(args.checkpoint, args.inputs, args.out, model_name=args.model, batch_size=args.batch_size,
+                         device=args.device)
+    print(f"{rows} predictions -> {args.out}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from rlmask.data import build_pool
+
+    info = build_pool(args.specs, args.image_size, args.channels, cache_dir=args.cache_dir).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['num_classes']} classes, {info['channels']} channel(s), {info['image_size']} px")
+    for source in info["sources"]:
+        print(f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} ({source['spec']})")
+    splits = info["splits"]
+    print(f"{'class':<40}" + "".join(f"{s:>8}" for s in splits))
+    for name in info["classes"]:
+        print(f"{name:<40}" + "".join(f"{splits[s]['per_class'].get(name, 0):>8}" for s in splits))
+    print(f"{'total':<40}" + "".join(f"{splits[s]['count']:>8}" for s in splits))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rlmask.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rlmask.bench import BenchConfig, run_bench
+
+    cfg = resolve(BenchConfig, args, args.config)
+    result = run_bench(cfg)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}  {value}")
+    return 0
+
+
+def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="rlmask checkpoint, heated.pt or timm state dict")
+    parser.add_argument("--model", help="architecture of a plain state dict (default: from config.json beside it)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlmask.bench import BenchConfig
+    from rlmask.train.loop import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="rlmask", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"rlmask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier plainly (no mask)")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    _checkpoint_reader(p)
+    p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SPEC")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--cache-dir")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="class probabilities of image files")
+    _checkpoint_reader(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER")
+    p.add_argument("--out", default="preds.csv", help="CSV file to write")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="inspect data sources")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    q = data_sub.add_parser("info", help="classes, counts per split and image shapes of a pool")
+    q.add_argument("specs", nargs="+", metavar="SPEC")
+    q.add_argument("--image-size", type=int)
+    q.add_argument("--channels", type=int)
+    q.add_argument("--cache-dir")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="training and data-pipeline throughput")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, BenchConfig)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,141 @@
+"""Run a classifier over a split and score it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rlmask.data import Augment, BatchLoader, Split
+from rlmask.errors import UserError
+from rlmask.train.checkpoint import atomic_write_bytes
+from rlmask.evaluate.metrics import classification_metrics
+
+
+@torch.no_grad()
+def predict_split(
+    model: nn.Module,
+    split: Split,
+    transform: Augment,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
+    mask_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: str | None = None,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, K) and labels (N,) of a whole split, in split order, on the CPU.
+
+    ``mask_fn`` maps the normalised batch to the input the model sees (masked validation).
+    """
+    was_training = model.training
+    model.eval()
+    loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device,
+                         num_workers=num_workers)
+    probs, labels = [], []
+    batches = loader.epoch(0)
+    if progress:
+        batches = tqdm(batches, total=len(loader), desc=progress, leave=False, disable=None)
+    for x_u8, y in batches:
+        x = transform(x_u8, None)
+        if mask_fn is not None:
+            x = mask_fn(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        probs.append(logits.float().softmax(dim=1))
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(probs).cpu(), torch.cat(labels).cpu()
+
+
+def evaluate_split(model: nn.Module, split: Split, classes: list[str], transform: Augment, **kwargs) -> dict:
+    """Metrics dict (see ``classification_metrics``) of ``model`` on ``split``."""
+    probs, labels = predict_split(model, split, transform, **kwargs)
+    return classification_metrics(probs.numpy(), labels.numpy(), classes)
+
+
+def _checkpoint_fits(model: nn.Module, meta: dict, classes: list[str], path, data_specs) -> None:
+    """A one-line error when a checkpoint's classes do not match the data it is evaluated on."""
+    head = getattr(model, "num_classes", None) or model.get_classifier().out_features
+    if meta.get("classes") is not None and list(meta["classes"]) != list(classes):
+        raise UserError(f"checkpoint {path} does not fit --data {' '.join(data_specs)}: it was trained on "
+                        f"{len(meta['classes'])} classes ({', '.join(meta['classes'][:3])}, ...), the data has "
+                        f"{len(classes)} ({', '.join(classes[:3])}, ...)")
+    if head != len(classes):
+        raise UserError(f"checkpoint {path} does not fit --data {' '.join(data_specs)}: "
+                        f"its head has {head} classes, the data has {len(classes)}")
+
+
+def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", model_name: str | None = None,
+                        batch_size: int = 256, device: str = "auto", cache_dir=None) -> dict:
+    """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
+    from rlmask.data import build_pool
+    from rlmask.train.init import load_classifier
+
+    model, meta = load_classifier(path, model_name)
+    pool = build_pool(data_specs, meta.get("image_size"), meta.get("channels"), cache_dir=cache_dir)
+    if split not in pool.splits:
+        raise UserError(f"--split {split}: the data has no {split} split (has {', '.join(pool.splits)})")
+    _checkpoint_fits(model, meta, pool.classes, path, data_specs)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    model.to(dev)
+    transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
+    return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
+                          amp=dev.type == "cuda")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _image_files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    if not files:
+        raise UserError(f"{' '.join(inputs)}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def predict_files(path, inputs: list[str], out, *, model_name: str | None = None, batch_size: int = 256,
+                  device: str = "auto", image_size: int | None = None) -> int:
+    """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count."""
+    from rlmask.data.folder import decode_image
+    from rlmask.train.init import load_classifier
+
+    model, meta = load_classifier(path, model_name)
+    size = image_size or meta.get("image_size")
+    if size is None:
+        raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")
+    num_classes = model.get_classifier().out_features
+    classes = meta.get("classes") or [str(i) for i in range(num_classes)]
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    model.to(dev)
+    transform = Augment(size, train=False, mean=meta["mean"], std=meta["std"])
+    files = _image_files(inputs)
+    rows = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        x = torch.stack([decode_image(str(f), meta["channels"], size, str(f)) for f in chunk]).to(dev)
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            probs = model(transform(x, None)).float().softmax(dim=1).cpu()
+        for f, p in zip(chunk, probs.tolist()):
+            rows.append([str(f), classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "prediction", *classes])
+    writer.writerows(rows)
+    atomic_write_bytes(out, buffer.getvalue().encode())
+    return len(rows)

@@ -1,0 +1,123 @@
+"""Initial weights from any checkpoint kind users have: rlmask checkpoints, heated.pt, timm state dicts.
+
+Rules (documented in the README):
+- keys may carry ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefixes; they are stripped;
+- a classifier head (``fc.*``) whose shape differs from the model's (other classes) is left freshly
+  initialised: the usual transfer set-up;
+- a first convolution trained on RGB loaded into a grey model is summed over its input channels,
+  a grey one loaded into an RGB model is repeated and divided by 3, so responses to grey images
+  are unchanged;
+- any other missing, unexpected or mismatched key is an error naming the first few.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlmask.errors import UserError
+from rlmask.train.checkpoint import load_checkpoint
+
+# Reference normalisation (mean, std) on every channel, used when a checkpoint does not say.
+DEFAULT_NORM = (0.3162, 0.3213)
+HEAD_PREFIXES = ("fc.", "head.fc.", "classifier.")
+
+
+def extract_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    """The classifier's state dict inside any supported checkpoint kind, prefixes stripped."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in ("_orig_mod.", "module."):
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        state[name] = value
+    return state
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    # (O, I, k, k) -> (O, in_chans, k, k)
+    if weight.shape[1] == 3 and in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if weight.shape[1] == 1 and in_chans == 3:
+        return weight.repeat(1, 3, 1, 1) / 3
+    return weight
+
+
+def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init") -> list[str]:
+    """Load classifier weights from ``path`` into ``model``; returns the keys left at their fresh values."""
+    state = extract_state_dict(load_checkpoint(path, option))
+    if not state:
+        raise UserError(f"{option} {path}: holds no tensors of a model state dict")
+    own = model.state_dict()
+    fresh, problems = [], []
+    for name, target in own.items():
+        if name not in state:
+            if name.startswith(HEAD_PREFIXES):
+                fresh.append(name)
+            else:
+                problems.append(f"missing {name}")
+            continue
+        value = state[name]
+        if value.dim() == 4 and value.shape[1] != target.shape[1] and value.shape[2:] == target.shape[2:]:
+            value = _adapt_first_conv(value, target.shape[1])
+        if value.shape != target.shape:
+            if name.startswith(HEAD_PREFIXES):
+                fresh.append(name)
+                continue
+            problems.append(f"{name} has shape {tuple(value.shape)}, model needs {tuple(target.shape)}")
+            continue
+        own[name] = value.to(target.dtype)
+    unexpected = [k for k in state if k not in own]
+    problems += [f"unexpected {k}" for k in unexpected]
+    if problems:
+        stem = any(p.split()[p.startswith(("missing", "unexpected"))].startswith("conv1") for p in problems)
+        hint = " (7x7 vs 3x3 stem? set --small-stem or --no-small-stem to match)" if stem else ""
+        raise UserError(f"{option} {path}: does not fit the model: {'; '.join(problems[:3])}"
+                        f"{f' and {len(problems) - 3} more' if len(problems) > 3 else ''}{hint}")
+    model.load_state_dict(own, strict=True)
+    return fresh
+
+
+def load_classifier(path: str | Path, model_name: str | None = None, option: str = "checkpoint") -> tuple[nn.Module, dict]:
+    """A ready classifier from any checkpoint kind, and what is known of the data it was trained on.
+
+    rlmask checkpoints carry their model and data description. A plain state dict (``heated.pt``, a
+    timm file) takes its architecture from ``model_name`` or the ``config.json`` of the run folder
+    beside it, its class count and input channels from the tensors' shapes.
+    Returns ``(model in eval mode on the CPU, {"classes", "channels", "image_size", "mean", "std", "small_stem", "model"})``
+    where unknown entries are None.
+    """
+    from rlmask.models import create_model  # late import: models import nothing from train
+
+    path = Path(path)
+    obj = load_checkpoint(path, option)
+    if obj.get("kind") == "rlmask":
+        info, data = obj["model_info"], dict(obj["data"])
+        model = create_model(info["name"], info["num_classes"], in_chans=data["channels"], small_stem=info["small_stem"])
+        model.load_state_dict(obj["model"])
+        return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"]}
+    state = extract_state_dict(obj)
+    sidecar = path.parent / "config.json"
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    name = model_name or meta.get("model")
+    if not name:
+        raise UserError(f"{option} {path}: a plain state dict; name its architecture with --model")
+    stem = state.get("conv1.weight", state.get("conv1.0.weight"))
+    if stem is None:
+        raise UserError(f"{option} {path}: no conv1 weights: not a ResNet state dict")
+    num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
+    small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
+    model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
+    load_init_weights(model, path, option)
+    data = {"classes": None, "channels": stem.shape[1], "image_size": meta.get("image_size"),
+            "mean": DEFAULT_NORM[0], "std": DEFAULT_NORM[1], "small_stem": small_stem, "model": name}
+    return model.eval(), data

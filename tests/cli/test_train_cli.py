@@ -1,0 +1,134 @@
+"""End-to-end runs of train / evaluate / predict / data info on tiny budgets."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlmask.cli import main
+
+TINY = ["--data", "synthetic:n=24,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
+        "--no-progress", "--seed", "3"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_the_documented_files(trained):
+    for name in ("config.json", "log.jsonl", "last.pt", "best.pt", "metrics.json", "command.txt"):
+        assert (trained / name).is_file(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc",
+                    "auroc_ovo", "per_class", "confusion_matrix"):
+            assert key in metrics[split], (split, key)
+    lines = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1]
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"] == "resnet10t" and config["image_size"] == 16 and config["small_stem"] is True
+    ckpt = torch.load(trained / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "step", "config", "rng_state", "metrics"} <= set(ckpt)
+    assert ckpt["epoch"] == 2
+
+
+def test_evaluate_reproduces_the_test_metrics(trained, capsys):
+    code, out, _ = run_cli(["evaluate", trained / "last.pt", "--data", "synthetic:n=24,size=16", "--json"], capsys)
+    assert code == 0
+    again = json.loads(out)
+    recorded = json.loads((trained / "metrics.json").read_text())["test"]
+    assert again["accuracy"] == recorded["accuracy"]
+    assert again["macro_f1"] == pytest.approx(recorded["macro_f1"])
+
+
+def test_predict_writes_probabilities_per_file(trained, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"im{i}.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "rgb.jpg")
+    out = tmp_path / "preds.csv"
+    code, _, _ = run_cli(["predict", trained / "best.pt", folder, tmp_path / "rgb.jpg", "--out", out], capsys)
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4
+    classes = [c for c in rows[0] if c not in ("path", "prediction")]
+    assert len(classes) == 12
+    for row in rows:
+        assert sum(float(row[c]) for c in classes) == pytest.approx(1.0, abs=1e-4)
+        assert row["prediction"] in classes
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path, capsys):
+    cfg = tmp_path / "opts.toml"
+    cfg.write_text('model = "resnet10t"\nepochs = 1\nbatch-size = 16\nlr = 0.05\ndata = ["synthetic:n=16,size=16"]\n')
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--config", cfg, "--lr", "0.02", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.02 and config["epochs"] == 1 and config["batch_size"] == 16
+    yaml_cfg = tmp_path / "opts.yaml"
+    yaml_cfg.write_text("epochs: 1\nbogus_option: 3\n")
+    code, _, err = run_cli(["train", "--config", yaml_cfg, "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "bogus_option" in err and err.count("\n") == 1
+
+
+def test_data_info_json(capsys):
+    code, out, _ = run_cli(["data", "info", "synthetic:n=16,size=16", "--json"], capsys)
+    assert code == 0
+    info = json.loads(out)
+    assert info["num_classes"] == 12 and len(info["classes"]) == 12
+    assert info["splits"]["train"]["count"] == 16 * 12
+
+
+def _train_cmd(out, *extra):
+    return [sys.executable, "-m", "rlmask", "train", *TINY, "--data", "synthetic:n=40,size=16", "--epochs", "3",
+            "--checkpoint-every", "2", "--out", str(out), *extra]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(whole), check=True, env=env, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (cut / "last.pt").exists():
+            try:
+                ckpt = torch.load(cut / "last.pt", weights_only=False)
+            except Exception:  # noqa: BLE001 - the file is replaced atomically, but be safe
+                continue
+            if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:  # mid-epoch, after a full epoch
+                proc.send_signal(signal.SIGKILL)
+                killed_at = (ckpt["epoch"], ckpt["batch"])
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
+    assert not (cut / "metrics.json").exists()
+    subprocess.run(_train_cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert a == b
+    log = [json.loads(line)["epoch"] for line in (cut / "log.jsonl").read_text().splitlines()]
+    assert log == [0, 1, 2]
