@@ -35,6 +35,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from rlmask.train.methods import PretrainConfig, pretrain
+
+    cfg = resolve(PretrainConfig, args, args.config)
+    _record_command(cfg.out)
+    _print_final(pretrain(cfg), cfg.out)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from rlmask.train.methods import FinetuneConfig, finetune
+
+    cfg = resolve(FinetuneConfig, args, args.config)
+    _record_command(cfg.out)
+    _print_final(finetune(cfg), cfg.out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rlmask.evaluate.compare import CompareConfig, run_comparison
+
+    cfg = resolve(CompareConfig, args, args.config)
+    _record_command(cfg.out)
+    result = run_comparison(cfg)
+    print((Path(cfg.out) / "comparison.md").read_text())
+    print(f"comparison ({result['minutes']} min) -> {cfg.out}")
+    return 0
+
+
 def _print_final(metrics: dict, out: str) -> None:
     test = metrics.get("test") or metrics["val"]
     split = "test" if metrics.get("test") else "val"
@@ -113,7 +142,9 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rlmask.bench import BenchConfig
+    from rlmask.evaluate.compare import CompareConfig
     from rlmask.train.loop import TrainConfig
+    from rlmask.train.methods import FinetuneConfig, PretrainConfig
 
     parser = argparse.ArgumentParser(prog="rlmask", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"rlmask {__version__}")
@@ -123,6 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(p)
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain with a masking agent (PGNM by default); writes heated.pt")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, PretrainConfig)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune a heated model on clean images (reference schedule)")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, FinetuneConfig)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compare", help="every method pretrained + fine-tuned vs plain training, several seeds")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, CompareConfig)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     _checkpoint_reader(p)

@@ -50,9 +50,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
+        if dataclasses.is_dataclass(hints[f.name]):  # nested options: flat flags
+            add_dataclass_arguments(parser, hints[f.name], skip)
+            continue
         kind, optional, is_list = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         for key in ("choices", "metavar"):
             if key in f.metadata:
@@ -91,9 +96,30 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve(cls: type, namespace: argparse.Namespace, config_path: str | None = None):
-    """Build ``cls`` from its defaults, then the config file, then the flags given on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def _flat_names(cls: type) -> set[str]:
+    hints = typing.get_type_hints(cls)
+    names = set()
+    for f in dataclasses.fields(cls):
+        names |= _flat_names(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else {f.name}
+    return names
+
+
+def _build(cls: type, values: dict[str, Any]):
+    """``cls`` from flat ``values``; nested dataclass fields take the names that belong to them."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def resolve(cls: type, namespace: argparse.Namespace | None = None, config_path: str | None = None, **overrides):
+    """Build ``cls`` from its defaults, then the config file, then the flags given on the command line,
+    then ``overrides``. Nested dataclass fields (e.g. an agent's options) are set by their flat names."""
+    names = _flat_names(cls)
     values: dict[str, Any] = {}
     if config_path:
         file_values = load_config_file(config_path)
@@ -105,8 +131,9 @@ def resolve(cls: type, namespace: argparse.Namespace, config_path: str | None = 
         given = getattr(namespace, name, None)
         if given is not None:
             values[name] = given
+    values.update(overrides)
     try:
-        return cls(**values)
+        return _build(cls, values)
     except TypeError as err:
         raise UserError(f"bad options: {err}") from None
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
@@ -27,6 +27,7 @@ from torch import nn
 from torch.distributions import Beta
 
 from rlmask.agents.base import AgentOptimizer, MaskAgent
+from rlmask.config import option
 from rlmask.errors import UserError
 from rlmask.masks import apply_mask, render_mask, scaled_mask_geometry
 from rlmask.models import create_model, seeded_init
@@ -37,40 +38,36 @@ EPS = 1e-6  # sampled cells are clamped to [EPS, 1-EPS]: a float32 Beta draw can
 # ---------------------------------------------------------------------------------------------
 # Options
 # ---------------------------------------------------------------------------------------------
-def _opt(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
 class NoiseConfig:
     """Options of the PGNM agent (the random-mask and Gaussian-noise baselines use the fields that apply)."""
 
-    grid: int | None = _opt(None, "mask grid side G (None: round(64*S/224), at least 4)")
-    kernel: int | None = _opt(None, "odd Gaussian blur kernel size (None: nearest odd to 13*S/224, at least 3)")
-    sigma: float | None = _opt(None, "Gaussian blur sigma in pixels (None: 6*S/224)")
-    upsample: str = _opt("nearest", "grid-to-image upsampling", choices=["nearest", "bilinear"])
-    base_mix: float = _opt(0.9, "weight of the running base in the log-parameters: base_mix*base + (1-base_mix)*head")
-    base_ema: float = _opt(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
-    policy_input_size: int | None = _opt(None, "side the policy sees its input at (None: full resolution)")
-    objective: str = _opt("reinforce", "policy objective: 'reinforce' (per-sample rewards, baseline) or "
+    grid: int | None = option(None, "mask grid side G (None: round(64*S/224), at least 4)")
+    kernel: int | None = option(None, "odd Gaussian blur kernel size (None: nearest odd to 13*S/224, at least 3)")
+    sigma: float | None = option(None, "Gaussian blur sigma in pixels (None: 6*S/224)")
+    upsample: str = option("nearest", "grid-to-image upsampling", choices=["nearest", "bilinear"])
+    base_mix: float = option(0.9, "weight of the running base in the log-parameters: base_mix*base + (1-base_mix)*head")
+    base_ema: float = option(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
+    policy_input_size: int | None = option(None, "side the policy sees its input at (None: full resolution)")
+    objective: str = option("reinforce", "policy objective: 'reinforce' (per-sample rewards, baseline) or "
                           "'reference' (the published logsumexp * CE product)", choices=["reinforce", "reference"])
     # METHODS.md gives the corrected objective the reward r_i = -CE_i: the policy is rewarded for masks
     # the classifier still gets right, i.e. it cooperates, as the reference does. 'adversarial' (r_i = +CE_i)
     # is offered, not the default: without a constraint its optimum is the trivial all-zero mask.
-    policy_sign: str = _opt("cooperative", "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; "
+    policy_sign: str = option("cooperative", "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; "
                             "reinforce only)", choices=["cooperative", "adversarial"])
-    entropy_coef: float = _opt(0.0, "weight of the mean per-cell Beta entropy bonus (reinforce only)")
-    baseline_momentum: float = _opt(0.9, "momentum of the running-mean reward baseline (reinforce only)")
-    min_concentration: float = _opt(1e-2, "lower clamp of the Beta concentrations exp(log-params)")
-    max_concentration: float = _opt(1e2, "upper clamp of the Beta concentrations exp(log-params)")
-    policy_lr: float = _opt(0.01, "policy learning rate (the reference uses the classifier's lr / 10)")
-    policy_momentum: float = _opt(0.9, "policy SGD momentum")
-    policy_weight_decay: float = _opt(1e-4, "policy weight decay")
-    policy_optimizer: str = _opt("sgd", "policy optimiser", choices=["sgd", "adamw", "adam"])
-    policy_schedule: str = _opt("cosine", "policy learning-rate schedule", choices=["cosine", "step", "constant"])
+    entropy_coef: float = option(0.0, "weight of the mean per-cell Beta entropy bonus (reinforce only)")
+    baseline_momentum: float = option(0.9, "momentum of the running-mean reward baseline (reinforce only)")
+    min_concentration: float = option(1e-2, "lower clamp of the Beta concentrations exp(log-params)")
+    max_concentration: float = option(1e2, "upper clamp of the Beta concentrations exp(log-params)")
+    policy_lr: float = option(0.01, "policy learning rate (the reference uses the classifier's lr / 10)")
+    policy_momentum: float = option(0.9, "policy SGD momentum")
+    policy_weight_decay: float = option(1e-4, "policy weight decay")
+    policy_optimizer: str = option("sgd", "policy optimiser", choices=["sgd", "adamw", "adam"])
+    policy_schedule: str = option("cosine", "policy learning-rate schedule", choices=["cosine", "step", "constant"])
     # Images are normalised with std 0.3213, so 0.3 normalised units is about 0.1 of the [0, 1] intensity
     # range: visible noise that keeps the anatomy readable, the usual strength of noise augmentation.
-    noise_std: float = _opt(0.3, "std of the additive Gaussian noise in normalised units (gaussian-noise only)")
+    noise_std: float = option(0.3, "std of the additive Gaussian noise in normalised units (gaussian-noise only)")
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first option that is out of range."""
@@ -383,9 +380,17 @@ class RandomMaskAgent(_SeededAgent):
         self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
 
     def _mask(self, n: int, size, generator: torch.Generator, device) -> torch.Tensor:
+        return self._cells_and_mask(n, size, generator, device)[1]
+
+    def _cells_and_mask(self, n: int, size, generator: torch.Generator, device):
         g = self.geometry
         cells = torch.rand(n, g["grid"] ** 2, generator=generator, device=generator.device).to(device)  # (n, G*G)
-        return render_mask(cells, tuple(size), kernel=g["kernel"], sigma=g["sigma"], upsample=self.cfg.upsample)
+        return cells, render_mask(cells, tuple(size), kernel=g["kernel"], sigma=g["sigma"], upsample=self.cfg.upsample)
+
+    @torch.no_grad()
+    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(cells (B, G*G), mask (B, 1, H, W)) of uniform random masks for x (None: seeded with the agent's seed)."""
+        return self._cells_and_mask(x.shape[0], x.shape[-2:], generator or torch.Generator().manual_seed(self.seed), x.device)
 
     def training_loss(self, model, x, y, criterion):
         mask = self._mask(x.shape[0], x.shape[-2:], self.rng(x.device), x.device)  # (B, 1, H, W)

@@ -236,7 +236,7 @@ def fit(
 
     cfg_plain = cfgmod.to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size,
                                         "channels": pool.channels, "world_size": world,
-                                        "steps_per_epoch": steps_per_epoch} | agent.resolved_config() | (extra_config or {})
+                                        "steps_per_epoch": steps_per_epoch, "agent_resolved": agent.resolved_config()} | (extra_config or {})
     data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
                  "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes)}

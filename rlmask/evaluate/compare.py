@@ -1,0 +1,212 @@
+"""``rlmask compare``: every method pretrained then fine-tuned, against plain training, same seeds.
+
+For each seed, every method sees the same data order and augmentation (both are functions of the
+seed and the epoch). Two views are reported:
+
+1. equal compute (first): plain training for ``epochs + finetune_epochs`` epochs against each method's
+   ``epochs`` of pretraining + ``finetune_epochs`` of fine-tuning on clean images;
+2. the reference's view (second): plain training for ``epochs`` only, as the published comparison did.
+
+Each sub-run is an ordinary run folder; a comparison that is run again skips finished sub-runs and
+resumes an interrupted one from its last.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlmask.agents import NoiseConfig, build_agent
+from rlmask.config import option, to_plain, write_json
+from rlmask.data import Augment, build_pool
+from rlmask.errors import UserError
+from rlmask.evaluate.metrics import mean_ci
+from rlmask.report.figures import plot_mask_gallery, plot_training_curves
+from rlmask.train.checkpoint import atomic_write_bytes, load_checkpoint
+from rlmask.train.loop import TrainConfig, fit
+from rlmask.train.methods import FinetuneConfig, PretrainConfig, finetune, pretrain
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+# Compared method -> (agent, objective). "plain" is trained without a mask for the same total epochs.
+METHOD_SPECS = {
+    "pgnm-reinforce": ("pgnm", "reinforce"),
+    "pgnm": ("pgnm", "reinforce"),
+    "pgnm-reference": ("pgnm", "reference"),
+    "random-mask": ("random-mask", None),
+    "gaussian-noise": ("gaussian-noise", None),
+}
+COMPARABLE = ("plain", *METHOD_SPECS)
+
+
+@dataclass
+class CompareConfig:
+    """Options of ``rlmask compare``."""
+
+    data: list[str] = option(["synthetic"], "data source(s), as for train", metavar="SPEC")
+    model: str = option("resnet18", "classifier")
+    image_size: int | None = option(None, "image side in pixels (default: the largest native side)", metavar="PX")
+    channels: int | None = option(None, "image channels, 1 or 3 (default: from the data)")
+    epochs: int = option(4, "pretraining epochs of each method")
+    finetune_epochs: int = option(1, "fine-tuning epochs after pretraining (plain gets epochs + finetune_epochs)")
+    seeds: int = option(2, "number of seeds (0 .. seeds-1)")
+    methods: list[str] = option(["plain", "pgnm-reinforce", "pgnm-reference", "random-mask"],
+                                f"methods to compare: {', '.join(COMPARABLE)}", metavar="METHOD")
+    out: str = option("runs/compare", "output directory", metavar="DIR")
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(0.1, "classifier learning rate of plain training and pretraining")
+    finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
+    finetune_warmup: float = option(0.7, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
+    train_per_class: int | None = option(None, "at most this many training images per class (seeded subset)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    num_workers: int = option(0, "data-loading workers (image folders)")
+    cache_dir: str | None = option(None, "download/index cache")
+    progress: bool = option(True, "show progress bars")
+    agent: NoiseConfig = field(default_factory=NoiseConfig)
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in COMPARABLE]
+        if unknown:
+            raise UserError(f"--methods {' '.join(unknown)}: unknown; choose from {', '.join(COMPARABLE)}")
+        if self.seeds < 1 or self.epochs < 1 or self.finetune_epochs < 0:
+            raise UserError("--seeds and --epochs must be >= 1, --finetune-epochs >= 0")
+
+
+def _shared(cfg: CompareConfig, seed: int, out: Path) -> dict:
+    return dict(data=list(cfg.data), model=cfg.model, image_size=cfg.image_size, channels=cfg.channels,
+                batch_size=cfg.batch_size, seed=seed, out=str(out), train_per_class=cfg.train_per_class,
+                device=cfg.device, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir, progress=cfg.progress)
+
+
+def _run_once(run, run_cfg) -> dict:
+    """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present."""
+    out = Path(run_cfg.out)
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    if (out / "last.pt").is_file():
+        run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
+    return run(run_cfg)
+
+
+def _scores(metrics: dict) -> dict:
+    split = metrics.get("test") or metrics["val"]
+    return {k: split[k] for k in METRICS}
+
+
+def _log(folder: Path) -> list[dict]:
+    path = folder / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_comparison(cfg: CompareConfig) -> dict:
+    """Run every method for every seed; write comparison.json, comparison.md and the figures."""
+    cfg.validate()
+    out = Path(cfg.out)
+    start = time.perf_counter()
+    total = cfg.epochs + cfg.finetune_epochs
+    rows: dict[str, list[dict]] = {}
+    curves: dict[str, list[list[dict]]] = {}
+    for seed in range(cfg.seeds):
+        for method in cfg.methods:
+            if method == "plain":
+                for label, epochs in ((f"plain ({total} ep)", total), (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs)):
+                    folder = out / ("plain" if epochs == total else "plain-short") / f"seed{seed}"
+                    run_cfg = TrainConfig(**_shared(cfg, seed, folder), epochs=epochs, lr=cfg.lr)
+                    metrics = _run_once(fit, run_cfg)
+                    rows.setdefault(label, []).append({"seed": seed, **_scores(metrics)})
+                    curves.setdefault(label, []).append(_log(folder))
+                    if total == cfg.epochs:
+                        break
+                continue
+            agent, objective = METHOD_SPECS[method]
+            agent_cfg = dataclasses.replace(cfg.agent, objective=objective or cfg.agent.objective)
+            pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
+            pre_metrics = _run_once(pretrain, PretrainConfig(**_shared(cfg, seed, pre_dir), epochs=cfg.epochs, lr=cfg.lr,
+                                                             method=agent, agent=agent_cfg))
+            row = {"seed": seed, **{f"heated_{k}": v for k, v in _scores(pre_metrics).items()}}
+            curve = _log(pre_dir)
+            if cfg.finetune_epochs:
+                fine_metrics = _run_once(finetune, FinetuneConfig(
+                    **_shared(cfg, seed, fine_dir), epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                    warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs, init=str(pre_dir / "heated.pt")))
+                row |= _scores(fine_metrics)
+                curve += _log(fine_dir)
+            else:
+                row |= _scores(pre_metrics)
+            rows.setdefault(method, []).append(row)
+            curves.setdefault(method, []).append(curve)
+
+    summary = {name: {"per_seed": per_seed,
+                      **{k: mean_ci([r[k] for r in per_seed]) for k in per_seed[0] if k != "seed"}}
+               for name, per_seed in rows.items()}
+    result = {"config": to_plain(cfg), "split": "test", "equal_compute_epochs": total,
+              "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary}
+    write_json(out / "comparison.json", result)
+    figures = {"curves": plot_training_curves(curves, out / "curves.png", boundary=cfg.epochs).name}
+    gallery = _mask_gallery(cfg, out)
+    if gallery:
+        figures["masks"] = gallery.name
+    atomic_write_bytes(out / "comparison.md", render_markdown(result, figures).encode())
+    return result
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    half = (stat["high"] - stat["mean"]) if stat["high"] is not None else 0.0
+    return f"{stat['mean']:.4f} ± {half:.4f}"
+
+
+def render_markdown(result: dict, figures: dict[str, str]) -> str:
+    """comparison.md: the equal-compute table first, the reference's unequal view second."""
+    cfg = result["config"]
+    methods = result["methods"]
+    header = "| method | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS) + "\n"
+    equal = [m for m in methods if "reference view" not in m]
+    lines = [f"# Comparison on {', '.join(cfg['data'])} ({cfg['model']}, {cfg['seeds']} seed(s))", "",
+             f"Test split, mean ± half-width of the 95% t-interval over seeds. Methods: {cfg['epochs']} pretraining + "
+             f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
+             f"Wall time: {result['minutes']} min.", "", "## Equal compute", "", header.rstrip("\n")]
+    lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in equal]
+    short = [m for m in methods if "reference view" in m]
+    if short:
+        lines += ["", "## The reference's view (baseline trained for the pretraining epochs only)", "", header.rstrip("\n")]
+        lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in short + [
+            m for m in equal if not m.startswith("plain")]]
+    heated = [m for m in equal if f"heated_{METRICS[0]}" in methods[m]]
+    if heated:
+        lines += ["", "## Heated models before fine-tuning", "", header.rstrip("\n")]
+        lines += [f"| {m} | " + " | ".join(_fmt(methods[m][f'heated_{k}']) for k in METRICS) + " |" for m in heated]
+    lines += ["", "## Figures", ""] + [f"![{name}]({file})" for name, file in figures.items()] + [""]
+    return "\n".join(lines)
+
+
+def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
+    """Validation images beside the masks sampled by each masking method's seed-0 agent."""
+    with_masks = [m for m in cfg.methods if METHOD_SPECS.get(m, ("",))[0] in ("pgnm", "random-mask")]
+    if not with_masks:
+        return None
+    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir)
+    val = pool.splits["val"]
+    index = torch.linspace(0, len(val) - 1, n).long()
+    x_u8 = val.load(index)  # (n, C, S, S)
+    x = Augment(pool.image_size, train=False)(x_u8, None)
+    rows = {}
+    for method in with_masks:
+        agent_name, objective = METHOD_SPECS[method]
+        options = to_plain(dataclasses.replace(cfg.agent, objective=objective or cfg.agent.objective))
+        agent = build_agent(agent_name, pool.image_size, pool.channels, seed=0, **options)
+        policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
+        if policy_file.is_file():
+            agent.load_state_dict(load_checkpoint(policy_file)["agent"])
+        agent.eval()
+        _, masks = agent.sample_masks(x, torch.Generator().manual_seed(0))
+        rows[method] = masks[:, 0].numpy()
+    images = (x_u8.float() / 255).permute(0, 2, 3, 1).numpy()
+    images = images[..., 0] if images.shape[-1] == 1 else images
+    titles = [pool.classes[int(c)] for c in val.labels[index]]
+    return plot_mask_gallery(images, rows, out / "masks.png", titles)
