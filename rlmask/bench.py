@@ -32,6 +32,7 @@ class BenchConfig:
     data: list[str] = option(["synthetic"], "data whose pipeline (batches + augmentation) is timed")
     pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
     device: str = option("auto", "auto, cpu or cuda")
+    channels_last: bool = option(True, "channels-last memory format")
     threads: int | None = option(None, "CPU threads (default: torch's choice)")
     seed: int = option(0, "seed")
 
@@ -52,13 +53,17 @@ def _timed(fn, n: int, device: torch.device) -> float:
 
 def _step_runner(cfg: BenchConfig, method: str, device: torch.device, x: torch.Tensor, y: torch.Tensor):
     from rlmask.agents import build_agent
-    from rlmask.models import create_model
+    from rlmask.models import create_model, default_small_stem
     from rlmask.train.loop import make_optimizer, train_step
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, 10, in_chans=cfg.channels, small_stem=cfg.image_size <= 64).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = create_model(cfg.model, 10, in_chans=cfg.channels, small_stem=default_small_stem(cfg.model, cfg.image_size))
+    model.to(device, memory_format=memory_format)
     options = {"policy_input_size": cfg.policy_input_size} if method == "pgnm" else {}
-    agent = build_agent(method, image_size=cfg.image_size, in_chans=cfg.channels, seed=cfg.seed, **options).to(device)
+    agent = build_agent(method, image_size=cfg.image_size, in_chans=cfg.channels, seed=cfg.seed, **options)
+    agent.to(device, memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
     agent_options = agent.optimizer_options()
     agent_opt = (make_optimizer(agent.parameters(), agent_options.optimizer, agent_options.lr, agent_options.momentum,

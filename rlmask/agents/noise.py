@@ -171,8 +171,9 @@ class BetaNoisePolicy(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("base_a", torch.rand(1, grid * grid, generator=g))  # (1, G*G)
         self.register_buffer("base_b", torch.rand(1, grid * grid, generator=g))  # (1, G*G)
-        side = input_size or image_size
-        self.features = create_model("resnet10t", num_classes=0, in_chans=in_chans, small_stem=side <= 64, generator=g)
+        # The standard stride-4 stem at every size, as the reference's timm resnet10t: the policy only
+        # has to inform G*G cells, and a stride-1 stem would make it as costly as the classifier.
+        self.features = create_model("resnet10t", num_classes=0, in_chans=in_chans, small_stem=False, generator=g)
         width = self.features.num_features
         with seeded_init(g):
             self.head_a = _head(width, grid * grid)

@@ -41,6 +41,18 @@ for _fn in (resnet10t, resnet18, resnet26, resnet34, resnet50):
     register_model(_fn)
 
 
+SMALL_STEM_MAX_SIZE = 32
+
+
+def default_small_stem(name: str, image_size: int) -> bool:
+    """Whether ``name`` gets the stride-1 stem by default: built-in models at <= 32 px.
+
+    At 28-32 px the usual stride-4 stem leaves a 1x1 map in the last stage; from 64 px on, the
+    stride-1 stem would cost as much as a 256-px image with the usual stem, so it stays opt-in there.
+    """
+    return not name.startswith("timm:") and image_size <= SMALL_STEM_MAX_SIZE
+
+
 def list_models() -> list[str]:
     """Sorted names of the registered models (``timm:<name>`` is accepted too, when timm imports)."""
     return sorted(_REGISTRY)

@@ -23,6 +23,7 @@ from rlmask.train.checkpoint import load_checkpoint
 
 # Reference normalisation (mean, std) on every channel, used when a checkpoint does not say.
 DEFAULT_NORM = (0.3162, 0.3213)
+FIRST_CONVS = ("conv1.weight", "conv1.0.weight")  # plain and deep (resnet10t) stems
 HEAD_PREFIXES = ("fc.", "head.fc.", "classifier.")
 
 
@@ -67,7 +68,7 @@ def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init"
                 problems.append(f"missing {name}")
             continue
         value = state[name]
-        if value.dim() == 4 and value.shape[1] != target.shape[1] and value.shape[2:] == target.shape[2:]:
+        if name in FIRST_CONVS and value.dim() == target.dim() == 4 and value.shape[2:] == target.shape[2:]:
             value = _adapt_first_conv(value, target.shape[1])
         if value.shape != target.shape:
             if name.startswith(HEAD_PREFIXES):

@@ -25,7 +25,7 @@ from rlmask.config import option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
 from rlmask.errors import UserError
 from rlmask.evaluate.inference import evaluate_split
-from rlmask.models import create_model
+from rlmask.models import create_model, default_small_stem
 from rlmask.train import distributed as dist
 from rlmask.train.checkpoint import atomic_write_bytes, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from rlmask.train.init import load_init_weights
@@ -61,7 +61,8 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
-    small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on at <= 64 px)")
+    channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
+    small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)")
     train_per_class: int | None = option(None, "use at most this many training images per class (seeded subset)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading worker processes (image folders)")
@@ -105,6 +106,13 @@ class LogAccumulator:
             value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
         self.count += 1
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.count = state["count"]
 
     def means(self) -> dict[str, float]:
         if not self.sums:
@@ -192,15 +200,16 @@ def fit(
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)
     if cfg.train_per_class:
         pool = pool.subsample("train", cfg.train_per_class, seed=cfg.seed)
-    small_stem = cfg.small_stem if cfg.small_stem is not None else pool.image_size <= 64
+    small_stem = cfg.small_stem if cfg.small_stem is not None else default_small_stem(cfg.model, pool.image_size)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = create_model(cfg.model, len(pool.classes), in_chans=pool.channels, small_stem=small_stem)
     agent = make_agent(pool)
     if cfg.init:
         load_init_weights(model, cfg.init)
-    model.to(device)
-    agent.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    agent.to(device, memory_format=memory_format)
 
     loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                          device=device, rank=rank, world_size=world, num_workers=cfg.num_workers)
@@ -242,6 +251,7 @@ def fit(
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes)}
 
     epoch, batch, step = 0, 0, 0
+    logs = LogAccumulator()  # this epoch's running sums, saved in mid-epoch checkpoints
     best = {"epoch": None, "macro_f1": -math.inf}
     last_val = None
     if cfg.resume:
@@ -258,6 +268,8 @@ def fit(
             agent.load_state_dict(ckpt["agent"])
         epoch, batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
         best, last_val = ckpt.get("best", best), ckpt.get("metrics")
+        if ckpt.get("epoch_logs"):
+            logs.load_state_dict(ckpt["epoch_logs"], device)
         restore_rng(ckpt["rng_state"], generators)
 
     if main:
@@ -273,7 +285,7 @@ def fit(
                 "agent": agent.state_dict() or None,
                 "agent_optimizer": agent_opt.state_dict() if agent_opt else None,
                 "agent_scheduler": agent_sched.state_dict() if agent_sched else None,
-                "data": data_info, "model_info": model_info}
+                "data": data_info, "model_info": model_info, "epoch_logs": logs.state_dict()}
 
     def eval_kwargs(progress_name: str | None) -> dict:
         return dict(batch_size=cfg.eval_batch_size, device=device, amp=amp,
@@ -283,12 +295,11 @@ def fit(
     while epoch < cfg.epochs:
         model.train()
         agent.train()
-        logs = LogAccumulator()
         start = time.perf_counter()
         bar = tqdm(loader.epoch(epoch, start_batch=batch), total=steps_per_epoch, initial=batch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if show else True)
         for x_u8, y in bar:
-            x = train_aug(x_u8, aug_gen)  # (B, C, S, S) normalised
+            x = train_aug(x_u8, aug_gen).contiguous(memory_format=memory_format)  # (B, C, S, S) normalised
             step_logs = train_step(train_model, agent, x, y, criterion, optimizer, agent_opt, amp=amp,
                                    clip_grad=cfg.clip_grad, sync_agent_grads=world > 1)
             scheduler.step()
@@ -314,6 +325,7 @@ def fit(
             record |= {f"val_masked/{k}": masked[k] for k in SUMMARY_KEYS}
         epoch += 1
         batch = 0
+        logs = LogAccumulator()
         improved = last_val["macro_f1"] > best["macro_f1"]
         if improved:
             best = {"epoch": epoch - 1, "macro_f1": last_val["macro_f1"]}

@@ -99,17 +99,17 @@ def test_data_info_json(capsys):
     assert info["splits"]["train"]["count"] == 16 * 12
 
 
-def _train_cmd(out, *extra):
-    return [sys.executable, "-m", "rlmask", "train", *TINY, "--data", "synthetic:n=40,size=16", "--epochs", "3",
-            "--checkpoint-every", "2", "--out", str(out), *extra]
+@pytest.mark.parametrize("command", [["train"], ["pretrain", "--method", "pgnm"]], ids=["train", "pretrain-pgnm"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "rlmask", *command, *TINY, "--data", "synthetic:n=24,size=16", "--epochs", "2",
+                "--checkpoint-every", "2", "--out", str(out), *extra]
 
-
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(whole), check=True, env=env, capture_output=True)
+    whole = tmp_path / "whole"  # runs beside the interrupted one: one thread each
+    uninterrupted = subprocess.Popen(cmd(whole), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_train_cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_at = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -126,9 +126,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed mid-epoch"
     assert not (cut / "metrics.json").exists()
-    subprocess.run(_train_cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
+    subprocess.run(cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
+    assert uninterrupted.wait() == 0
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
     assert a == b
-    log = [json.loads(line)["epoch"] for line in (cut / "log.jsonl").read_text().splitlines()]
-    assert log == [0, 1, 2]
+    log = [json.loads(line) for line in (cut / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in log] == [0, 1]
+    whole_log = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
+    drop = ("train_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in log] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in whole_log]
+    if command[0] == "pretrain":
+        assert (cut / "heated.pt").read_bytes() != b"" and torch.equal(
+            torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"])

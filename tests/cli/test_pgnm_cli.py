@@ -1,0 +1,107 @@
+"""PGNM end to end on tiny budgets: pretrain (both objectives, baselines), fine-tune, compare, bench."""
+
+import json
+
+import pytest
+import torch
+
+from rlmask.cli import main
+from rlmask.models import create_model
+
+DATA = ["--data", "synthetic:n=12,size=16"]
+FAST = ["--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def pgnm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pgnm")
+    assert main(["pretrain", "--method", "pgnm", *DATA, *FAST, "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_pretrain_writes_heated_policy_and_policy_statistics(pgnm_run):
+    for name in ("heated.pt", "policy.pt", "metrics.json", "log.jsonl", "last.pt", "best.pt", "config.json"):
+        assert (pgnm_run / name).is_file(), name
+    record = json.loads((pgnm_run / "log.jsonl").read_text().splitlines()[-1])
+    for key in ("policy/mask_mean", "policy/mask_entropy", "policy/reward", "policy/baseline", "losses/policy",
+                "val/macro_f1", "val_masked/macro_f1"):
+        assert key in record, key
+    assert 0 < record["policy/mask_mean"] < 1
+    config = json.loads((pgnm_run / "config.json").read_text())
+    resolved = config["agent_resolved"]
+    # Scaled from the 224-px reference to 16 px: grid max(4, round(64*16/224)), kernel at least 3.
+    assert (resolved["grid"], resolved["kernel"]) == (max(4, round(64 * 16 / 224)), 3)
+    assert resolved["sigma"] == pytest.approx(6 * 16 / 224)
+    assert config["method"] == "pgnm" and config["agent"]["objective"] == "reinforce"
+
+
+def test_heated_model_has_timm_keys_and_loads_strictly(pgnm_run):
+    state = torch.load(pgnm_run / "heated.pt")
+    model = create_model("resnet10t", 12, in_chans=1, small_stem=True)
+    model.load_state_dict(state, strict=True)
+    assert "conv1.0.weight" in state and "fc.weight" in state
+
+
+def test_finetune_from_heated_and_from_a_compiled_timm_state_dict(pgnm_run, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--init", str(pgnm_run / "heated.pt"), *DATA, *FAST, "--epochs", "1",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["warmup_epochs"], config["warmup_start"]) == (1e-3, 7.0, 0.01)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1", "auroc"}
+    # The authors' released weights come from torch.compile: keys prefixed with _orig_mod.
+    compiled = {f"_orig_mod.{k}": v for k, v in torch.load(pgnm_run / "heated.pt").items()}
+    torch.save(compiled, tmp_path / "released.pth")
+    assert main(["finetune", "--init", str(tmp_path / "released.pth"), *DATA, *FAST, "--epochs", "1",
+                 "--out", str(tmp_path / "ft2")]) == 0
+    first = torch.load(out / "last.pt", weights_only=False)["model"]
+    second = torch.load(tmp_path / "ft2" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("extra", [["--method", "pgnm", "--objective", "reference"], ["--method", "random-mask"],
+                                   ["--method", "gaussian-noise"], ["--method", "plain"]])
+def test_every_method_pretrains(tmp_path, extra):
+    assert main(["pretrain", *extra, *DATA, *FAST, "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "heated.pt").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["method"] == extra[1]
+
+
+def test_compare_writes_json_markdown_and_figures(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", *DATA, "--model", "resnet10t", "--batch-size", "16", "--epochs", "1", "--finetune-epochs", "1",
+            "--seeds", "2", "--methods", "plain", "pgnm-reinforce", "random-mask", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    methods = result["methods"]
+    assert set(methods) == {"plain (2 ep)", "plain (1 ep, reference view)", "pgnm-reinforce", "random-mask"}
+    for stats in methods.values():
+        assert [r["seed"] for r in stats["per_seed"]] == [0, 1]
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
+            values = [r[key] for r in stats["per_seed"]]
+            assert stats[key]["mean"] == pytest.approx(sum(values) / 2)
+            assert stats[key]["low"] <= stats[key]["mean"] <= stats[key]["high"]
+    assert "heated_macro_f1" in methods["pgnm-reinforce"]
+    markdown = (out / "comparison.md").read_text()
+    assert markdown.index("## Equal compute") < markdown.index("reference view")
+    for figure in ("curves.png", "masks.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    # The same data order for every method: plain and pgnm share seed s's first-epoch batches.
+    plain = json.loads((out / "plain" / "seed0" / "config.json").read_text())
+    pgnm = json.loads((out / "pgnm-reinforce" / "seed0" / "pretrain" / "config.json").read_text())
+    assert plain["seed"] == pgnm["seed"] == 0 and plain["data"] == pgnm["data"]
+    # A second run reuses every finished sub-run and reports the same figures.
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads((out / "comparison.json").read_text())["methods"] == methods
+
+
+def test_bench_reports_side_by_side_ratio(capsys):
+    assert main(["bench", "--method", "pgnm", "--model", "resnet10t", "--image-size", "32", "--batch-size", "4",
+                 "--rounds", "1", "--steps", "1", "--warmup", "1", "--pipeline-batches", "2",
+                 "--data", "synthetic:n=8,size=32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["plain_img_s"] > 0 and result["method_img_s"] > 0
+    assert result["ratio"] == pytest.approx(result["plain_img_s"] / result["method_img_s"], rel=0.02)
+    assert result["pipeline_img_s"] > 0
