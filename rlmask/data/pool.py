@@ -125,7 +125,7 @@ class Pool:
         order = perm[torch.argsort(labels[perm], stable=True)]  # random within each class, classes grouped
         counts = torch.bincount(labels, minlength=len(self.classes))
         rank = torch.arange(len(order)) - (counts.cumsum(0) - counts)[labels[order]]  # position within class
-        splits = dict(self.splits) | {split: self.splits[split].subset(order[rank < per_class])}
+        splits = dict(self.splits) | {split: self.splits[split].subset(order[rank < per_class].sort().values)}
         return Pool(self._sources, self.sources, self.classes, self.channels, self.image_size, splits)
 
     def info(self) -> dict:

@@ -62,6 +62,7 @@ class CompareConfig:
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
     finetune_warmup: float = option(0.7, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
     train_per_class: int | None = option(None, "at most this many training images per class (seeded subset)")
+    eval_per_class: int | None = option(None, "at most this many val/test images per class (one fixed subset)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading workers (image folders)")
     cache_dir: str | None = option(None, "download/index cache")
@@ -79,6 +80,7 @@ class CompareConfig:
 def _shared(cfg: CompareConfig, seed: int, out: Path) -> dict:
     return dict(data=list(cfg.data), model=cfg.model, image_size=cfg.image_size, channels=cfg.channels,
                 batch_size=cfg.batch_size, seed=seed, out=str(out), train_per_class=cfg.train_per_class,
+                eval_per_class=cfg.eval_per_class,
                 device=cfg.device, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
 

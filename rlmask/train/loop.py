@@ -64,6 +64,7 @@ class TrainConfig:
     channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
     small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)")
     train_per_class: int | None = option(None, "use at most this many training images per class (seeded subset)")
+    eval_per_class: int | None = option(None, "evaluate on at most this many val/test images per class (one fixed subset)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading worker processes (image folders)")
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
@@ -200,6 +201,9 @@ def fit(
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)
     if cfg.train_per_class:
         pool = pool.subsample("train", cfg.train_per_class, seed=cfg.seed)
+    for split in ("val", "test") if cfg.eval_per_class else ():
+        if split in pool.splits:  # the same subset for every seed and method: seed 0
+            pool = pool.subsample(split, cfg.eval_per_class, seed=0)
     small_stem = cfg.small_stem if cfg.small_stem is not None else default_small_stem(cfg.model, pool.image_size)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
