@@ -50,15 +50,23 @@ class Augment:
         return torch.stack([torch.stack([w * flip, zero, centre[:, 0]], 1),
                             torch.stack([zero, h, centre[:, 1]], 1)], 1)
 
-    def __call__(self, x_u8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment and normalise a uint8 batch (B, C, S, S) on its own device."""
+    def __call__(self, x_u8: torch.Tensor, generator: torch.Generator | None = None,
+                 theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment and normalise a uint8 batch (B, C, S, S) on its own device.
+
+        Training crops come from ``theta`` (B, 2, 3) when given (maps drawn in advance with ``sample``,
+        e.g. one per sample of an epoch, so that the crops do not depend on how batches are split
+        across processes), else they are drawn from ``generator``.
+        """
         b, c = x_u8.shape[:2]
         x = x_u8.float().div_(255)  # (B, C, S, S) in [0, 1]
         s = self.image_size
         if self.train:
-            if generator is None:
-                raise ValueError("Augment(train=True) needs an explicit seeded torch.Generator")
-            theta = self.sample(b, generator).to(x.device)  # (B, 2, 3)
+            if theta is None:
+                if generator is None:
+                    raise ValueError("Augment(train=True) needs an explicit seeded torch.Generator or theta")
+                theta = self.sample(b, generator)
+            theta = theta.to(x.device)  # (B, 2, 3)
             grid = F.affine_grid(theta, [b, c, s, s], align_corners=False)  # (B, S, S, 2)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         elif x.shape[-2:] != (s, s):

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from rlmask.data import Augment, BatchLoader, Split
 from rlmask.errors import UserError
+from rlmask.train import distributed as dist
 from rlmask.train.checkpoint import atomic_write_bytes
 from rlmask.evaluate.metrics import classification_metrics
 
@@ -32,26 +33,34 @@ def predict_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (N, K) and labels (N,) of a whole split, in split order, on the CPU.
 
-    ``mask_fn`` maps the normalised batch to the input the model sees (masked validation).
+    Under torchrun every process scores its share and the shares are gathered, so all processes
+    return the same full result. ``mask_fn`` maps the normalised batch to the input the model sees
+    (masked validation).
     """
+    rank, world = dist.rank(), dist.world_size()
     was_training = model.training
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device,
-                         num_workers=num_workers)
-    probs, labels = [], []
+                         rank=rank, world_size=world, num_workers=num_workers)
+    probs = []
     batches = loader.epoch(0)
     if progress:
         batches = tqdm(batches, total=len(loader), desc=progress, leave=False, disable=None)
-    for x_u8, y in batches:
+    for x_u8, _ in batches:
         x = transform(x_u8, None)
         if mask_fn is not None:
             x = mask_fn(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         probs.append(logits.float().softmax(dim=1))
-        labels.append(y)
     model.train(was_training)
-    return torch.cat(probs).cpu(), torch.cat(labels).cpu()
+    probs = torch.cat(probs)  # (per_rank, K), padded by repetition on the last ranks
+    if world > 1:
+        index = dist.all_gather_cat(loader.indices(0).to(probs.device))
+        gathered = dist.all_gather_cat(probs)
+        probs = torch.empty((len(split), gathered.shape[1]), device=gathered.device)
+        probs[index] = gathered
+    return probs.cpu(), split.labels.clone()
 
 
 def evaluate_split(model: nn.Module, split: Split, classes: list[str], transform: Augment, **kwargs) -> dict:

@@ -26,12 +26,17 @@ import torch
 from rlmask.errors import UserError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -65,18 +70,18 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     return obj
 
 
-def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """The global torch RNG (CPU and CUDA) and every named generator, for an exact resume."""
-    state = {"torch": torch.get_rng_state(), "generators": {k: g.get_state() for k, g in generators.items()}}
+    state = {"torch": torch.get_rng_state(), "generators": {k: g.get_state() for k, g in (generators or {}).items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    for name, gen in generators.items():
+    for name, gen in (generators or {}).items():
         if name in state.get("generators", {}):
             gen.set_state(state["generators"][name])

@@ -6,6 +6,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world_size() -> int:
@@ -54,6 +55,65 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every process rank 0's buffers (BN running statistics): the state that rank 0 saves."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics span every process (CPU/gloo; torch's SyncBatchNorm is GPU-only).
+
+    Sum, sum of squares and count are summed with a differentiable all-reduce, so the forward and the
+    backward equal those of one process holding the whole global batch. Parameters and buffers keep
+    BatchNorm's names, so state dicts stay timm-compatible.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]  # all but channels
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # (2C+1,) summed over ranks
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+class GlobalBatchNorm1d(GlobalBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(GlobalBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch norm over the global batch: torch's SyncBatchNorm on CUDA, ``GlobalBatchNorm`` elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    swap = {nn.BatchNorm1d: GlobalBatchNorm1d, nn.BatchNorm2d: GlobalBatchNorm2d}
+    for module in model.modules():
+        if type(module) in swap:
+            module.__class__ = swap[type(module)]  # same parameters and buffers, global statistics
+    return model

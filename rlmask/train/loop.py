@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,6 +62,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    sync_bn: bool = option(False, "batch-norm statistics over the global batch under torchrun (SyncBatchNorm)")
     channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
     small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)")
     train_per_class: int | None = option(None, "use at most this many training images per class (seeded subset)")
@@ -83,6 +85,11 @@ class TrainConfig:
             raise UserError(f"--channels {self.channels}: must be 1 or 3")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for the augmentation of one epoch, independent of everything that ran before."""
+    return int(np.random.SeedSequence([seed, epoch, 0xA06]).generate_state(1)[0])
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -235,6 +242,8 @@ def fit(
         agent_sched = make_scheduler(agent_opt, schedule=agent_options.schedule, **sched_kwargs)
 
     train_model = model
+    if world > 1 and cfg.sync_bn:
+        dist.convert_sync_batchnorm(model, device)
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -243,9 +252,7 @@ def fit(
 
     train_aug = Augment(pool.image_size, train=True)
     eval_aug = Augment(pool.image_size, train=False)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1)
-    torch.manual_seed(cfg.seed * 7919 + 104729 * (rank + 1))  # mask sampling stream, offset by rank
-    generators = {"augment": aug_gen}
+    torch.manual_seed(cfg.seed * 7919 + 104729 * (rank + 1))  # any global-RNG use (dropout), offset by rank
 
     cfg_plain = cfgmod.to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size,
                                         "channels": pool.channels, "world_size": world,
@@ -274,7 +281,7 @@ def fit(
         best, last_val = ckpt.get("best", best), ckpt.get("metrics")
         if ckpt.get("epoch_logs"):
             logs.load_state_dict(ckpt["epoch_logs"], device)
-        restore_rng(ckpt["rng_state"], generators)
+        restore_rng(ckpt["rng_state"])
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +292,7 @@ def fit(
     def checkpoint_state() -> dict:
         return {"kind": "rlmask", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch, "step": step,
-                "config": cfg_plain, "rng_state": capture_rng(generators), "metrics": last_val, "best": best,
+                "config": cfg_plain, "rng_state": capture_rng(), "metrics": last_val, "best": best,
                 "agent": agent.state_dict() or None,
                 "agent_optimizer": agent_opt.state_dict() if agent_opt else None,
                 "agent_scheduler": agent_sched.state_dict() if agent_sched else None,
@@ -300,10 +307,15 @@ def fit(
         model.train()
         agent.train()
         start = time.perf_counter()
+        # One crop per sample and epoch, drawn before the epoch: the same crops whatever the number of
+        # processes, and nothing to save for an exact resume.
+        crops = train_aug.sample(len(pool.splits["train"]), torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+        order = loader.indices(epoch)  # (per_rank,) this process's samples in batch order
         bar = tqdm(loader.epoch(epoch, start_batch=batch), total=steps_per_epoch, initial=batch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if show else True)
         for x_u8, y in bar:
-            x = train_aug(x_u8, aug_gen).contiguous(memory_format=memory_format)  # (B, C, S, S) normalised
+            theta = crops[order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]]  # (B, 2, 3)
+            x = train_aug(x_u8, theta=theta).contiguous(memory_format=memory_format)  # (B, C, S, S) normalised
             step_logs = train_step(train_model, agent, x, y, criterion, optimizer, agent_opt, amp=amp,
                                    clip_grad=cfg.clip_grad, sync_agent_grads=world > 1)
             scheduler.step()
@@ -319,6 +331,7 @@ def fit(
         train_logs = logs.means()
 
         val_split = pool.splits["val"]
+        dist.broadcast_buffers(model)  # evaluate (on every process's share) what rank 0 saves
         last_val = evaluate_split(model, val_split, pool.classes, eval_aug, **eval_kwargs("val"))
         record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], "train_seconds": round(train_seconds, 3),
                   **train_logs, **{f"val/{k}": last_val[k] for k in SUMMARY_KEYS}}
@@ -344,6 +357,7 @@ def fit(
                 summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("losses/", "val/")))
                 tqdm.write(f"epoch {epoch}/{cfg.epochs} ({train_seconds:.1f}s): {summary}")
 
+    dist.broadcast_buffers(model)
     metrics = {"val": evaluate_split(model, pool.splits["val"], pool.classes, eval_aug, **eval_kwargs("val")),
                "test": (evaluate_split(model, pool.splits["test"], pool.classes, eval_aug, **eval_kwargs("test"))
                         if "test" in pool.splits else None),
