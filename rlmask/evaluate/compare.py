@@ -84,9 +84,22 @@ def _shared(cfg: CompareConfig, seed: int, out: Path) -> dict:
                 device=cfg.device, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
 
+REUSE_KEYS = ("data", "model", "epochs", "seed", "image_size", "lr", "batch_size", "method", "train_per_class",
+              "eval_per_class", "init", "agent")
+
+
 def _run_once(run, run_cfg) -> dict:
-    """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present."""
+    """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present.
+
+    A folder written with other options is an error, never silently reused.
+    """
     out = Path(run_cfg.out)
+    if (out / "config.json").is_file():
+        old, new = json.loads((out / "config.json").read_text()), to_plain(run_cfg)
+        changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
+        if changed:
+            raise UserError(f"--out: {out} holds a run with other options ({', '.join(changed)}); "
+                            "choose another --out or delete it")
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     if (out / "last.pt").is_file():
