@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -17,12 +18,17 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of options (flags override it)")
 
 
+_ARGV: list[str] = []  # the arguments of this invocation, recorded in output folders
+
+
 def _record_command(out: str | Path) -> None:
-    """Keep the exact command line that produced an output folder inside it."""
+    """Keep the exact command line that produced an output folder inside it (first process only)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "command.txt", "a") as fh:
-        fh.write(shlex.join(["rlmask", *sys.argv[1:]]) + "\n")
+        fh.write(shlex.join(["rlmask", *_ARGV]) + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -61,6 +67,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = run_comparison(cfg)
     print((Path(cfg.out) / "comparison.md").read_text())
     print(f"comparison ({result['minutes']} min) -> {cfg.out}")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from rlmask.evaluate.transfer import TransferConfig, run_transfer
+
+    cfg = resolve(TransferConfig, args, args.config)
+    _record_command(cfg.out)
+    run_transfer(cfg)
+    print((Path(cfg.out) / "transfer.md").read_text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rlmask.report.html import build_report
+
+    out = build_report([Path(d) for d in args.dirs], Path(args.out), args.title)
+    print(f"report -> {out}")
     return 0
 
 
@@ -143,6 +167,7 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from rlmask.bench import BenchConfig
     from rlmask.evaluate.compare import CompareConfig
+    from rlmask.evaluate.transfer import TransferConfig
     from rlmask.train.loop import TrainConfig
     from rlmask.train.methods import FinetuneConfig, PretrainConfig
 
@@ -169,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(p)
     add_dataclass_arguments(p, CompareConfig)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("transfer", help="few-shot transfer of checkpoints to an unseen task, with 95% intervals")
+    _add_config_flag(p)
+    p.add_argument("checkpoints", nargs="*", default=argparse.SUPPRESS, metavar="CKPT",
+                   help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)")
+    add_dataclass_arguments(p, TransferConfig, skip=("checkpoints",))
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of run, compare and transfer folders")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run, compare or transfer folders")
+    p.add_argument("--out", default="report.html", metavar="FILE", help="HTML file to write (default: report.html)")
+    p.add_argument("--title", help='page title (default: "rlmask report")')
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     _checkpoint_reader(p)
@@ -206,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = argv
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

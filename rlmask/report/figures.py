@@ -72,3 +72,110 @@ def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Pat
         ax.set_xticks([])
         ax.set_yticks([])
     return _save(fig, path)
+
+
+def plot_transfer(results: dict[str, dict[str, dict]], path: Path, metric: str = "macro_f1") -> Path:
+    """Few-shot transfer: ``metric`` against training images per class (log2 axis), one line per checkpoint
+    with its 95% interval as a band. ``results[label][shots]`` is an entry of transfer.json's results:
+    ``{metric: {"mean", "ci": [low, high]}, "repeats": [{"n_train", ...}]}``, shots an integer or "all";
+    "all" (the whole training split) sits one octave after the largest integer, labelled "all (N)"."""
+    numbers = sorted({int(k) for by_shots in results.values() for k in by_shots if k != "all"})
+    x_all = float(np.log2(numbers[-1])) + 1 if numbers else 0.0
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ticks: dict[float, str] = {}
+    for label, by_shots in results.items():
+        points = []  # (x, mean, low, high)
+        for key, entry in by_shots.items():
+            stat = entry[metric]
+            if stat["mean"] is None:
+                continue
+            x = x_all if key == "all" else float(np.log2(int(key)))
+            ticks[x] = f"all ({entry['repeats'][0]['n_train']})" if key == "all" else str(key)
+            points.append((x, stat["mean"], *stat["ci"]))
+        if not points:
+            continue
+        xs, mean, low, high = np.array(sorted(points), dtype=float).T
+        (line,) = ax.plot(xs, mean, marker="o", ms=4, label=label)
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.18)
+    ax.set_xticks(list(ticks), list(ticks.values()))
+    ax.set_xlabel("training images per class (log2 scale)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% interval)")
+    ax.grid(alpha=0.3)
+    if ticks:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# log.jsonl bookkeeping keys that are not curves.
+_NOT_CURVES = ("epoch", "step", "train_seconds")
+
+
+def plot_run_curves(records: list[dict], path: Path) -> Path:
+    """Every scalar of one run's log.jsonl ``records`` against the epoch: one panel for the losses, one
+    for the learning rate, one for the validation metrics (clean solid, masked dashed in the same
+    colour), then one panel per other statistic (e.g. ``policy/reward``), four panels a row."""
+    keys = list(dict.fromkeys(k for r in records for k, v in r.items() if isinstance(v, (int, float))))
+    keys = [k for k in keys if k not in _NOT_CURVES]
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        group = key.split("/")[0]
+        if group == "losses":
+            panels.setdefault("training losses", []).append(key)
+        elif key == "lr":
+            panels["learning rate"] = [key]
+        elif group in ("val", "val_masked"):
+            panels.setdefault("validation (solid: clean, dashed: masked)", []).append(key)
+        else:
+            panels[key] = [key]
+    cols = min(4, max(1, len(panels)))
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    epochs = np.array([r.get("epoch", i) + 1 for i, r in enumerate(records)])
+    colours: dict[str, str] = {}
+    for ax, (title, names) in zip(axes.flat, panels.items()):
+        for key in names:
+            values = np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], dtype=float)
+            metric = key.split("/")[-1]
+            masked = key.startswith("val_masked/")
+            (line,) = ax.plot(epochs, values, marker="o", ms=3, ls="--" if masked else "-", color=colours.get(metric),
+                              label=None if masked else metric.replace("_", " "))
+            colours.setdefault(metric, line.get_color())
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # a single epoch still gets a sane axis
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
+    """Heatmap of a confusion ``matrix`` (K, K) (rows: true class, columns: predicted), coloured by the
+    row-normalised fraction so that rare classes stay visible; counts are written in the cells up to
+    25 classes. The figure and the fonts scale with K so that ~40 class names remain readable."""
+    counts = np.asarray(matrix, dtype=float)  # (K, K)
+    k = counts.shape[0]
+    fraction = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # (K, K) recall per row
+    side = max(3.2, 0.26 * k + 2.2)
+    fontsize = 9 if k <= 12 else max(6.5, 9 - (k - 12) * 0.09)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), classes, fontsize=fontsize)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=fontsize - 1,
+                            color="white" if fraction[i, j] > 0.55 else "#1f2933")
+    return _save(fig, path)

@@ -1,0 +1,151 @@
+"""``rlmask report``: a self-contained HTML page of run, compare and transfer folders, checked as text and
+in a real headless browser (Debian chromium through selenium)."""
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from rlmask.cli import main
+from rlmask.errors import UserError
+from rlmask.report.figures import plot_transfer
+from rlmask.report.html import build_report
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian chromium, chromium-driver
+DATA = "synthetic:n=4,size=16,modalities=1,organs=2"  # 2 classes, 8 training images
+IMG = '<img src="data:image/png;base64,'
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """A finished pretrain run and a finished comparison, made by the real command line with tiny budgets."""
+    root = tmp_path_factory.mktemp("report")
+    common = ["--data", DATA, "--model", "resnet10t", "--batch-size", "4", "--no-progress"]
+    assert main(["pretrain", *common, "--epochs", "2", "--out", str(root / "run")]) == 0
+    assert main(["compare", *common, "--epochs", "1", "--finetune-epochs", "1", "--seeds", "1",
+                 "--methods", "plain", "random-mask", "--out", str(root / "cmp")]) == 0
+    return {"run": root / "run", "compare": root / "cmp"}
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_report_of_run_and_compare_is_self_contained(folders, tmp_path):
+    out = build_report([folders["run"], folders["compare"]], tmp_path / "sub" / "report.html", title="Tiny <report>")
+    page = out.read_text()
+    assert "<title>Tiny &lt;report&gt;</title>" in page
+    # run: training curves + test confusion matrix; compare: every PNG the comparison wrote (curves, masks).
+    compare_pngs = sorted(p.name for p in folders["compare"].glob("*.png"))
+    assert compare_pngs == ["curves.png", "masks.png"]
+    images = _images(page)
+    assert page.count(IMG) == len(images) == 2 + len(compare_pngs)
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images)
+    assert (folders["compare"] / "masks.png").read_bytes() in images
+    assert "http://" not in page and "https://" not in page
+    assert "<link" not in page and "<script" not in page  # inline CSS only, nothing to fetch
+    anchors = re.findall(r'href="#([^"]+)"', page)
+    assert len(anchors) == 2 and all(f'id="{a}"' in page for a in anchors)
+    metrics = json.loads((folders["run"] / "metrics.json").read_text())
+    assert all(name in page for name in metrics["test"]["per_class"])  # per-class table
+    assert "Equal compute" in page and "Heated models" in page
+
+
+def test_default_title_and_unknown_folder(folders, tmp_path):
+    page = build_report([folders["run"]], tmp_path / "r.html").read_text()
+    assert "<title>rlmask report</title>" in page and page.count(IMG) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: not an rlmask run, compare or transfer folder"):
+        build_report([folders["run"], tmp_path / "empty"], tmp_path / "bad.html")
+    with pytest.raises(UserError, match=r"missing: folder not found"):
+        build_report([tmp_path / "missing"], tmp_path / "bad.html")
+    (tmp_path / "empty" / "comparison.json").write_text("{cut off")
+    with pytest.raises(UserError, match=r"comparison.json: not valid JSON"):
+        build_report([tmp_path / "empty"], tmp_path / "bad.html")
+    assert not (tmp_path / "bad.html").exists()
+
+
+def _stat(values: list[float]) -> dict:
+    mean = sum(values) / len(values)
+    return {"mean": mean, "low": min(values), "high": max(values), "ci": [min(values), max(values)]}
+
+
+def test_compare_tables_highlight_the_best_mean(tmp_path):
+    # A comparison.json alone (no figures yet): the tables still render, the better method's mean is marked.
+    methods = {"plain (2 ep)": [0.25, 0.35], "pgnm": [0.6, 0.8]}
+    summary = {m: {"per_seed": [{"seed": s, "accuracy": v} for s, v in enumerate(vals)], "accuracy": _stat(vals)}
+               for m, vals in methods.items()}
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"config": {"seeds": 2}, "methods": summary}))
+    page = build_report([tmp_path / "cmp"], tmp_path / "r.html").read_text()
+    best = re.findall(r'<td class="num best">([0-9.]+)', page)
+    assert best == [f"{_stat(methods['pgnm'])['mean']:.4f}"]
+    assert page.count(IMG) == 0 and "no figure" in page
+
+
+def test_transfer_folder(tmp_path):
+    folder = tmp_path / "transfer"
+    results = {label: {shots: {"repeats": [{"repeat": 0, "n_train": 2 * int(shots)}],
+                               **{m: _stat([0.5 + 0.01 * int(shots) + bonus]) for m in ("accuracy", "macro_f1")}}
+                       for shots in ("1", "4")} for label, bonus in (("plain", 0.0), ("pgnm", 0.1))}
+    folder.mkdir()
+    (folder / "transfer.json").write_text(json.dumps({"config": {"data": ["x"]}, "checkpoints": list(results),
+                                                      "results": results}))
+    plot_transfer(results, folder / "transfer.png")
+    page = build_report([folder], tmp_path / "r.html").read_text()
+    assert page.count(IMG) == 1
+    for label in results:
+        assert f"<h3>{label}" in page
+    assert f"{results['pgnm']['4']['macro_f1']['mean']:.4f}" in page
+
+
+def _chrome_or_skip():
+    """The selenium driver of the Debian chromium; a missing piece fails under CI, skips elsewhere."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (pip install selenium)")
+    if missing:
+        reason = f"real-browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {reason}")
+        pytest.skip(reason)
+    return webdriver, Service
+
+
+def test_report_in_a_real_browser(folders, tmp_path, monkeypatch):
+    webdriver, Service = _chrome_or_skip()
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium must never download a driver
+    out = build_report([folders["compare"]], tmp_path / "report.html", title="Browser check")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.set_window_size(1280, 900)
+        driver.get(out.resolve().as_uri())
+        assert driver.title == "Browser check"
+        images = driver.execute_script(
+            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]);")
+        assert len(images) == len(list(folders["compare"].glob("*.png")))
+        assert all(done and width > 0 and src == "data:image/png;base64," for done, width, src in images)
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+        height = driver.execute_script("return document.body.scrollHeight;")
+        driver.set_window_size(1280, height + 100)
+        shot = REPO / "test-artifacts" / "report.png"
+        shot.parent.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert shot.stat().st_size > 0 and shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
