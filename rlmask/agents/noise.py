@@ -101,19 +101,32 @@ class NoiseConfig:
 # torch.distributions.Beta.sample draws from the global RNG (torch._standard_gamma takes no generator),
 # so rlmask samples the two Gamma variates itself: Marsaglia-Tsang for shape a+1, boosted to shape a by
 # U^(1/a), all in log space so that tiny concentrations (X ~ 1e-300) neither underflow nor divide 0/0.
+GPU_PASSES = 8  # rejection passes on accelerators: a fixed count avoids a host sync per step
+
+
 def _log_standard_gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """log of Gamma(conc, 1) samples, drawn from ``generator`` (on its device); same shape as ``conc``."""
+    """log of Gamma(conc, 1) samples, drawn from ``generator`` (on its device); same shape as ``conc``.
+
+    Each pass accepts > 95% of the remaining draws. On the CPU the loop runs until all are accepted;
+    on accelerators it runs GPU_PASSES times without asking the host (a draw still rejected then,
+    probability < 1e-10, keeps its last proposal).
+    """
     d = conc + 2.0 / 3.0  # Marsaglia-Tsang's d = shape - 1/3 with shape = conc + 1
     c = 1.0 / torch.sqrt(9.0 * d)
-    log_g = torch.empty_like(conc)
+    log_g = torch.zeros_like(conc)
     todo = torch.ones_like(conc, dtype=torch.bool)
-    while bool(todo.any()):  # each pass accepts > 95% of the remaining draws
+    passes = 0
+    while True:
         z = torch.randn(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
         u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)  # (0, 1]
         v = (1.0 + c * z) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        log_g = torch.where(todo & ok, torch.log(d * v.clamp_min(1e-30)), log_g)
+        passes += 1
+        last = passes == GPU_PASSES and conc.device.type != "cpu"
+        log_g = torch.where(todo & (ok | last), torch.log(d * v.clamp_min(1e-30)), log_g)
         todo = todo & ~ok
+        if last or (conc.device.type == "cpu" and not bool(todo.any())):
+            break
     u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
     return log_g + torch.log(u) / conc  # Gamma(a) = Gamma(a+1) * U^(1/a)
 

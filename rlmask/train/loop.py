@@ -63,6 +63,7 @@ class TrainConfig:
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
     sync_bn: bool = option(False, "batch-norm statistics over the global batch under torchrun (SyncBatchNorm)")
+    compile: bool | None = option(None, "torch.compile the classifier and the agent's networks (default: on CUDA only)")
     channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
     small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)")
     train_per_class: int | None = option(None, "use at most this many training images per class (seeded subset)")
@@ -246,6 +247,12 @@ def fit(
         dist.convert_sync_batchnorm(model, device)
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        # Compiled wrappers for the step only: checkpoints are saved from the plain modules, keys unchanged.
+        train_model = torch.compile(train_model)
+        for child in agent.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
 
     def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
