@@ -137,6 +137,17 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from rlmask.data.packed import pack_folder
+
+    meta = pack_folder(args.src, Path(args.out), args.image_size, args.channels, args.shard_size,
+                       num_workers=args.num_workers, progress=True)
+    counts = ", ".join(f"{split} {v['count']}" for split, v in meta["splits"].items())
+    print(f"{len(meta['classes'])} classes, {meta['channels']} channel(s), {meta['image_size']} px "
+          f"({counts}) -> {args.out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rlmask.models import list_models
 
@@ -231,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_data_info)
+    q = data_sub.add_parser("pack", help="decode and resize an image folder once into memory-mapped shards")
+    q.add_argument("src", metavar="SRC", help="image folder: train/, val/ [test/] with one folder per class")
+    q.add_argument("--out", required=True, metavar="DIR", help="pack folder to create (must not exist)")
+    q.add_argument("--image-size", type=int, required=True, metavar="PX")
+    q.add_argument("--channels", type=int, help="1 or 3 (default: those of the first training image)")
+    q.add_argument("--shard-size", type=int, default=50_000, metavar="N", help="images per shard file")
+    q.add_argument("--num-workers", type=int, default=0, metavar="W", help="decoding processes (default: 0)")
+    q.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)

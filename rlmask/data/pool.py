@@ -2,7 +2,8 @@
 
 Classes are namespaced ``source/class`` in ``--data`` order; every image comes out at one size and one
 channel count. In-memory sources (npz, medmnist, synthetic) are resized once when the pool is built;
-folder-backed sources decode with PIL when a batch is loaded.
+folder-backed sources decode with PIL when a batch is loaded; packed folders stay memory-mapped and a
+batch reads only its rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from rlmask.data.folder import decode_image, open_folder
 from rlmask.data.medmnist import cache_root, open_medmnist
 from rlmask.data.npz import open_npz
+from rlmask.data.packed import PackedPart, is_packed, open_packed
 from rlmask.data.source import Source, resize_images
 from rlmask.data.synthetic import open_synthetic
 from rlmask.errors import UserError
@@ -96,6 +98,9 @@ class Split:
         for p in part.unique().tolist():
             local = index[part == p] - self._offsets[p]
             old = self._parts[p]
+            if isinstance(old, PackedPart):
+                parts.append(old.subset(local))
+                continue
             parts.append(_MemoryPart(old.images[local]) if isinstance(old, _MemoryPart)
                          else _FolderPart([old.files[i] for i in local.tolist()], old.spec, old.size))
         return Split(parts, self.labels[index], self.channels, self.image_size)
@@ -153,6 +158,8 @@ def open_source(spec: str, cache_dir: str | Path | None = None, progress: bool =
     path = Path(spec).expanduser()
     if spec.lower().endswith(".npz"):
         return open_npz(path, spec)
+    if is_packed(path):
+        return open_packed(path, spec)
     if path.is_dir():
         return open_folder(path, spec, cache_root(cache_dir))
     if path.exists():
@@ -199,6 +206,8 @@ def build_pool(specs: list[str], image_size: int | None = None, channels: int | 
                 continue
             if raw.files is not None:
                 parts.append(_FolderPart(raw.files, s.spec, size))
+            elif raw.shards is not None:  # memory-mapped: nothing read until a batch is loaded
+                parts.append(PackedPart(raw.shards, size))
             else:
                 parts.append(_MemoryPart(resize_images(raw.read(), channels, size)))
             labels.append(raw.labels + off)

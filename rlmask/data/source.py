@@ -17,13 +17,15 @@ LUMA = (0.299, 0.587, 0.114)
 class RawSplit:
     """One split of one source, before resizing.
 
-    Either in memory (``read`` returns uint8 images (N, H, W) or (N, H, W, C), numpy or torch) or
-    folder-backed (``files``: one image path per sample, decoded when loaded).
+    Either in memory (``read`` returns uint8 images (N, H, W) or (N, H, W, C), numpy or torch),
+    folder-backed (``files``: one image path per sample, decoded when loaded) or packed (``shards``:
+    memory-mapped uint8 (n_k, C, S, S) arrays whose rows are read when loaded).
     """
 
     labels: torch.Tensor  # (N,) int64, source-local class indices
     read: Callable[[], np.ndarray | torch.Tensor] | None = None
     files: list[str] | None = None
+    shards: list[np.ndarray] | None = None
 
 
 @dataclass

@@ -140,3 +140,23 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     if command[0] == "pretrain":
         assert (cut / "heated.pt").read_bytes() != b"" and torch.equal(
             torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"])
+
+
+def test_pack_an_image_folder_and_train_from_the_pack(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("CT/liver", "MR/brain"):
+            (tmp_path / "src" / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "src" / split / cls / f"{i}.png")
+    pack = tmp_path / "pack"
+    code, out, err = run_cli(["data", "pack", tmp_path / "src", "--out", pack, "--image-size", "16", "--shard-size", "5"], capsys)
+    assert code == 0, err
+    code, out, _ = run_cli(["data", "info", pack, "--json"], capsys)
+    info = json.loads(out)
+    # The pack keeps the source folder's name, so class names (and checkpoints) fit both.
+    assert info["classes"] == ["src/CT/liver", "src/MR/brain"] and info["image_size"] == 16
+    assert info["splits"]["train"]["count"] == 12
+    code, _, err = run_cli(["train", "--data", pack, "--model", "resnet10t", "--batch-size", "4", "--epochs", "1",
+                            "--no-progress", "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
