@@ -186,32 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a classifier plainly (no mask)")
-    _add_config_flag(p)
-    add_dataclass_arguments(p, TrainConfig)
-    p.set_defaults(func=cmd_train)
+    def options_command(name: str, help: str, options: type, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        _add_config_flag(p)
+        if options is TransferConfig:  # checkpoints are positional
+            p.add_argument("checkpoints", nargs="*", default=argparse.SUPPRESS, metavar="CKPT",
+                           help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)")
+        add_dataclass_arguments(p, options, skip=("checkpoints",))
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("pretrain", help="pretrain with a masking agent (PGNM by default); writes heated.pt")
-    _add_config_flag(p)
-    add_dataclass_arguments(p, PretrainConfig)
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("finetune", help="fine-tune a heated model on clean images (reference schedule)")
-    _add_config_flag(p)
-    add_dataclass_arguments(p, FinetuneConfig)
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("compare", help="every method pretrained + fine-tuned vs plain training, several seeds")
-    _add_config_flag(p)
-    add_dataclass_arguments(p, CompareConfig)
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("transfer", help="few-shot transfer of checkpoints to an unseen task, with 95% intervals")
-    _add_config_flag(p)
-    p.add_argument("checkpoints", nargs="*", default=argparse.SUPPRESS, metavar="CKPT",
-                   help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)")
-    add_dataclass_arguments(p, TransferConfig, skip=("checkpoints",))
-    p.set_defaults(func=cmd_transfer)
+    options_command("train", "train a classifier plainly (no mask)", TrainConfig, cmd_train)
+    options_command("pretrain", "pretrain with a masking agent (PGNM by default); writes heated.pt", PretrainConfig,
+                    cmd_pretrain)
+    options_command("finetune", "fine-tune a heated model on clean images (reference schedule)", FinetuneConfig,
+                    cmd_finetune)
+    options_command("compare", "every method pretrained + fine-tuned vs plain training, several seeds", CompareConfig,
+                    cmd_compare)
+    options_command("transfer", "few-shot transfer of checkpoints to an unseen task, with 95% intervals",
+                    TransferConfig, cmd_transfer)
 
     p = sub.add_parser("report", help="one self-contained HTML page of run, compare and transfer folders")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run, compare or transfer folders")
@@ -254,11 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("bench", help="training and data-pipeline throughput")
-    _add_config_flag(p)
-    add_dataclass_arguments(p, BenchConfig)
+    p = options_command("bench", "training and data-pipeline throughput", BenchConfig, cmd_bench)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench)
     return parser
 
 

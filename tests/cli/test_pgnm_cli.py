@@ -105,3 +105,22 @@ def test_bench_reports_side_by_side_ratio(capsys):
     assert result["plain_img_s"] > 0 and result["method_img_s"] > 0
     assert result["ratio"] == pytest.approx(result["plain_img_s"] / result["method_img_s"], rel=0.02)
     assert result["pipeline_img_s"] > 0
+
+
+def test_transfer_and_report_commands(pgnm_run, tmp_path, capsys):
+    out = tmp_path / "transfer"
+    downstream = "synthetic:n=12,size=16,modalities=2,organs=2,seed=7"
+    assert main(["transfer", str(pgnm_run / "heated.pt"), str(pgnm_run / "last.pt"), "--data", downstream,
+                 "--shots", "4,all", "--repeats", "2", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "transfer.json").read_text())
+    assert len(result["checkpoints"]) == 2
+    for label in result["checkpoints"]:
+        assert set(result["results"][label]) == {"4", "all"}
+        for shots in result["results"][label].values():
+            assert len(shots["repeats"]) == 2 and len(shots["macro_f1"]["ci"]) == 2
+    assert (out / "command.txt").read_text().startswith("rlmask transfer ")
+    report = tmp_path / "report.html"
+    capsys.readouterr()
+    assert main(["report", str(pgnm_run), str(out), "--out", str(report), "--title", "PGNM run"]) == 0
+    page = report.read_text()
+    assert "<title>PGNM run</title>" in page and page.count("data:image/png;base64,") >= 3
