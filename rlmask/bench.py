@@ -6,6 +6,7 @@ noise hits both alike and the printed ``ratio`` (method step time / plain step t
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class BenchConfig:
     warmup: int = option(3, "untimed steps before timing")
     data: list[str] = option(["synthetic"], "data whose pipeline (batches + augmentation) is timed")
     pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
+    num_workers: int = option(0, "data-loading worker processes for image folders (pipeline timing)")
     device: str = option("auto", "auto, cpu or cuda")
     channels_last: bool = option(True, "channels-last memory format")
     threads: int | None = option(None, "CPU threads (default: torch's choice)")
@@ -83,7 +85,7 @@ def _pipeline_rate(cfg: BenchConfig, device: torch.device) -> float:
 
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels)
     loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                         device=device)
+                         device=device, num_workers=cfg.num_workers)
     aug = Augment(pool.image_size, train=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, epoch = 0, 0
@@ -132,6 +134,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         result["ratio"] = round(seconds[cfg.method] / seconds["plain"], 3)
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:  # the process's peak resident memory (Linux reports KiB)
+        result["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if cfg.pipeline_batches:
         result["pipeline_img_s"] = round(_pipeline_rate(cfg, device), 1)
     return result

@@ -180,7 +180,7 @@ def _read_log(path: Path, before_epoch: int) -> list[str]:
 
 def _check_resume_fits(ckpt: dict, cfg_plain: dict, path: str) -> None:
     old = ckpt.get("config", {})
-    for key in ("data", "model", "image_size", "batch_size", "seed", "method"):
+    for key in ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size"):
         if key in old and old.get(key) != cfg_plain.get(key):
             raise UserError(f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "
                             f"this run has {key}={cfg_plain.get(key)!r}")
@@ -275,16 +275,19 @@ def fit(
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, "--resume")
         _check_resume_fits(ckpt, cfg_plain, cfg.resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if agent_opt is not None:
-            agent.load_state_dict(ckpt["agent"])
-            agent_opt.load_state_dict(ckpt["agent_optimizer"])
-            agent_sched.load_state_dict(ckpt["agent_scheduler"])
-        elif ckpt.get("agent"):
-            agent.load_state_dict(ckpt["agent"])
-        epoch, batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("agent"):
+                agent.load_state_dict(ckpt["agent"])
+            if agent_opt is not None:
+                agent_opt.load_state_dict(ckpt["agent_optimizer"])
+                agent_sched.load_state_dict(ckpt["agent_scheduler"])
+            epoch, batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise UserError(f"--resume {cfg.resume}: does not fit this run ({reason})") from None
         best, last_val = ckpt.get("best", best), ckpt.get("metrics")
         if ckpt.get("epoch_logs"):
             logs.load_state_dict(ckpt["epoch_logs"], device)
