@@ -104,10 +104,8 @@ def build_report(dirs: list[Path], out: Path, title: str | None = None) -> Path:
             anchor, name = f"s{i}-{kind}", str(folder).rstrip("/") or str(folder)
             body = render[kind](folder, Path(scratch) / str(i))
             toc.append(f'<li><a href="#{anchor}">{_e(name)}</a> <span class="pm">{kind}</span></li>')
-            full = str(folder.resolve())
-            path = f'<p class="path">{_e(full)}</p>' if full != name else ""
             sections.append(f'<section class="card" id="{anchor}"><h2><span class="badge {kind}">{kind}</span>'
-                            f"{_e(name)}</h2>{path}{body}</section>")
+                            f"{_e(name)}</h2>{body}</section>")
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
