@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -114,48 +113,6 @@ def classification_metrics(
         "confusion_matrix": cm.tolist(),
         "num_samples": int(n),
     }
-
-
-class MetricAccumulator:
-    """Collects (probs, labels) batches as tensors on their device; metrics are computed once at the end.
-
-    ``update`` only stores detached tensors (no ``.item()``, no host sync), so it is free inside an
-    evaluation loop. ``probs()`` / ``labels()`` return the concatenations: a distributed caller
-    all-gathers those and passes them to :func:`classification_metrics` (or to a fresh accumulator).
-    """
-
-    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None):
-        self.num_classes = num_classes
-        self.class_names = class_names
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add one batch: probs (B, K) class probabilities, labels (B,) integer classes."""
-        if probs.ndim != 2 or probs.shape[1] != self.num_classes or labels.shape != probs.shape[:1]:
-            raise ValueError(
-                f"probs {tuple(probs.shape)} and labels {tuple(labels.shape)}: "
-                f"expected (B, {self.num_classes}) and (B,)"
-            )
-        self._probs.append(probs.detach())
-        self._labels.append(labels.detach())
-
-    def probs(self) -> torch.Tensor:
-        """All probabilities so far, (N, K), on the device they came from."""
-        return torch.cat(self._probs) if self._probs else torch.zeros(0, self.num_classes)
-
-    def labels(self) -> torch.Tensor:
-        """All labels so far, (N,), on the device they came from."""
-        return torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
-
-    def reset(self) -> None:
-        """Forget every batch (for the next evaluation)."""
-        self._probs, self._labels = [], []
-
-    def compute(self) -> dict:
-        """The :func:`classification_metrics` dict of everything collected (one host transfer)."""
-        probs = self.probs().float().cpu().numpy()  # float(): bf16/fp16 from autocast has no numpy type
-        return classification_metrics(probs, self.labels().cpu().numpy(), self.class_names)
 
 
 def _t_central_mass(theta: float, df: int) -> float:

@@ -70,18 +70,16 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     return obj
 
 
-def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """The global torch RNG (CPU and CUDA) and every named generator, for an exact resume."""
-    state = {"torch": torch.get_rng_state(), "generators": {k: g.get_state() for k, g in (generators or {}).items()}}
+def capture_rng() -> dict[str, Any]:
+    """The global torch RNG (CPU and CUDA). Data order, crops and masks have generators of their own
+    (derived from seed and epoch, or kept in the agent's state); this covers anything else (dropout)."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    for name, gen in (generators or {}).items():
-        if name in state.get("generators", {}):
-            gen.set_state(state["generators"][name])

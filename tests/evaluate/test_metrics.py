@@ -5,10 +5,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from rlmask.evaluate.metrics import (
-    MetricAccumulator,
     binary_auroc,
     classification_metrics,
     mean_ci,
@@ -142,22 +140,6 @@ def test_bad_inputs_raise():
         classification_metrics(np.ones((2, 2)) / 2, np.array([0, 1]), ["x"])
     with pytest.raises(ValueError, match="NaN"):
         classification_metrics(np.full((2, 2), np.nan), np.array([0, 1]))
-
-
-def test_accumulator_equals_one_shot_metrics():
-    gen = torch.Generator().manual_seed(0)
-    probs = torch.rand(10, 3, generator=gen).softmax(dim=1)
-    labels = torch.randint(0, 3, (10,), generator=gen)
-    acc = MetricAccumulator(3, ["x", "y", "z"])
-    assert acc.probs().shape == (0, 3) and acc.labels().shape == (0,)
-    for i in range(0, 10, 4):
-        acc.update(probs[i : i + 4], labels[i : i + 4])
-    assert torch.equal(acc.probs(), probs) and torch.equal(acc.labels(), labels)
-    assert acc.compute() == classification_metrics(probs.numpy(), labels.numpy(), ["x", "y", "z"])
-    with pytest.raises(ValueError):
-        acc.update(probs[:, :2], labels)
-    acc.reset()
-    assert acc.probs().shape == (0, 3)
 
 
 def test_t_quantile_table_values_and_closed_forms():
