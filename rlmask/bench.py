@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from rlmask.config import option
 from rlmask.errors import UserError
+from rlmask.train.distributed import pick_device
 
 
 @dataclass
@@ -106,8 +107,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Images/s of plain training, of ``cfg.method`` (with their step-time ratio) and of the data pipeline."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = pick_device(cfg.device)
     if cfg.batch_size < 2 or cfg.image_size < 8:
         raise UserError("--batch-size must be >= 2 and --image-size >= 8")
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -92,7 +92,7 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
     if split not in pool.splits:
         raise UserError(f"--split {split}: the data has no {split} split (has {', '.join(pool.splits)})")
     _checkpoint_fits(model, meta, pool.classes, path, data_specs)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = dist.pick_device(device)
     model.to(dev)
     transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
     return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
@@ -128,7 +128,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
         raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")
     num_classes = model.get_classifier().out_features
     classes = meta.get("classes") or [str(i) for i in range(num_classes)]
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = dist.pick_device(device)
     model.to(dev)
     transform = Augment(size, train=False, mean=meta["mean"], std=meta["std"])
     files = _image_files(inputs)

@@ -36,6 +36,7 @@ from rlmask.evaluate.inference import evaluate_split
 from rlmask.evaluate.metrics import classification_metrics, mean_ci
 from rlmask.report.figures import plot_transfer
 from rlmask.train.checkpoint import atomic_write_bytes
+from rlmask.train.distributed import pick_device
 from rlmask.train.init import load_classifier
 from rlmask.train.loop import make_optimizer, train_step
 from rlmask.train.schedules import make_scheduler
@@ -136,18 +137,6 @@ def checkpoint_labels(paths: list[str]) -> list[str]:
             return labels
     labels = ["/".join(p) for p in parts]
     return [lab if labels[:i].count(lab) == 0 else f"{lab}#{labels[:i].count(lab) + 1}" for i, lab in enumerate(labels)]
-
-
-def _device(request: str) -> torch.device:
-    if request == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(request)
-    except RuntimeError:
-        raise UserError(f"--device {request}: not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {request}: CUDA is not available on this machine")
-    return device
 
 
 def _seeded_linear_(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
@@ -299,7 +288,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     cfg.validate()
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or DEFAULT_EPOCHS[cfg.mode], lr=cfg.lr or DEFAULT_LR[cfg.mode])
     shots = parse_shots(cfg.shots)
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     labels = checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
     loaded = [load_classifier(path, cfg.model, option="checkpoint") for path in cfg.checkpoints]

@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlmask.errors import UserError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -21,14 +23,25 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def pick_device(request: str) -> torch.device:
+    """"auto" -> CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" checked, with a one-line error."""
+    if request == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(request)
+    except RuntimeError:
+        raise UserError(f"--device {request}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {request}: CUDA is not available on this machine")
+    return device
+
+
 def setup(device_request: str) -> torch.device:
     """Initialise the process group when launched by torchrun and pick this process's device.
 
     ``device_request``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     """
-    if device_request == "auto":
-        device_request = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_request)
+    device = pick_device(device_request)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", "0"))
