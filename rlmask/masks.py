@@ -2,11 +2,13 @@
 
 A mask starts as one value per cell of a G x G grid, is upsampled to the image size and smoothed by a
 separable Gaussian blur (reflect padding, as torchvision's ``gaussian_blur``), then multiplies every
-channel. Everything is batched, differentiable and stays on the cells' device.
+channel. Both steps are linear and separable, so rendering is two small matrix products per mask.
+Everything is batched, differentiable and stays on the cells' device.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,27 +66,42 @@ def gaussian_blur(img: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     return F.conv2d(img, w.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)  # blur along W
 
 
+@functools.lru_cache(maxsize=64)
+def _axis_operator(grid: int, size: int, kernel: int, sigma: float, upsample: str, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """(size, grid) matrix of one axis of rendering: upsample ``grid`` values to ``size``, then blur.
+
+    Upsampling and the reflect-padded blur are linear and act on each axis separately, so a whole
+    mask is ``A_h @ cells @ A_w.T``: two small matrix products instead of an image-sized convolution.
+    """
+    if upsample not in ("nearest", "bilinear"):
+        raise UserError(f"upsample={upsample!r}: choose 'nearest' or 'bilinear'")
+    basis = torch.eye(grid, device=device, dtype=torch.float64).view(grid, 1, 1, grid)  # one-hot rows
+    options = {"align_corners": False} if upsample == "bilinear" else {}
+    rows = F.interpolate(basis, size=(1, size), mode=upsample, **options)  # (grid, 1, 1, size)
+    pad = kernel // 2
+    rows = F.pad(rows, (pad, pad, 0, 0), mode="reflect") if pad else rows
+    rows = F.conv2d(rows, gaussian_kernel1d(kernel, sigma, device, torch.float64).view(1, 1, 1, kernel))
+    return rows.view(grid, size).t().to(dtype).contiguous()  # (size, grid)
+
+
 def render_mask(
     cells: torch.Tensor, image_size: int | tuple[int, int], *, kernel: int, sigma: float, upsample: str = "nearest"
 ) -> torch.Tensor:
     """Smooth mask (B, 1, H, W) from cell values (B, G*G) or (B, G, G) in [0, 1].
 
     The grid is upsampled to the image size (``"nearest"``: square cells as in the reference,
-    ``"bilinear"``: ramps between cell centres), then blurred.
+    ``"bilinear"``: ramps between cell centres), then blurred by :func:`gaussian_blur`; both steps
+    run as two precomputed per-axis matrices (see :func:`_axis_operator`).
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     b = cells.shape[0]
     g = math.isqrt(cells[0].numel())
     if g * g != cells[0].numel():
         raise ValueError(f"cells of shape {tuple(cells.shape)} do not form a square grid")
-    grid = cells.reshape(b, 1, g, g)  # (B, 1, G, G)
-    if upsample == "nearest":
-        mask = F.interpolate(grid, size=(h, w), mode="nearest")
-    elif upsample == "bilinear":
-        mask = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
-    else:
-        raise UserError(f"upsample={upsample!r}: choose 'nearest' or 'bilinear'")
-    return gaussian_blur(mask, kernel, sigma)  # (B, 1, H, W)
+    a_h = _axis_operator(g, h, kernel, float(sigma), upsample, cells.device, cells.dtype)  # (H, G)
+    a_w = _axis_operator(g, w, kernel, float(sigma), upsample, cells.device, cells.dtype)  # (W, G)
+    return (a_h @ cells.reshape(b, g, g) @ a_w.t()).unsqueeze(1)  # (B, 1, H, W)
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

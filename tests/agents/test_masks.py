@@ -49,6 +49,17 @@ def test_geometry_overrides_and_bad_values():
 
 
 @pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+@pytest.mark.parametrize("grid,size,kernel,sigma", [(18, (64, 64), 3, 1.7), (5, (16, 23), 5, 2.0), (8, (28, 28), 1, 1.0)])
+def test_render_equals_upsampling_then_blurring_the_image(upsample, grid, size, kernel, sigma):
+    cells = torch.rand(3, grid * grid, generator=torch.Generator().manual_seed(grid))
+    options = {"align_corners": False} if upsample == "bilinear" else {}
+    image = F.interpolate(cells.view(3, 1, grid, grid), size=size, mode=upsample, **options)  # (3, 1, H, W)
+    expected = gaussian_blur(image, kernel, sigma)
+    mask = render_mask(cells, size, kernel=kernel, sigma=sigma, upsample=upsample)
+    torch.testing.assert_close(mask, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
 def test_constant_grid_renders_constant_mask(upsample):
     cells = torch.full((3, 5 * 5), 0.37)
     mask = render_mask(cells, 16, kernel=5, sigma=2.0, upsample=upsample)
