@@ -1,21 +1,25 @@
 """``rlmask bench``: training-step and data-pipeline throughput, measured side by side in one run.
 
 Plain and method steps are timed in alternating rounds on the same synthetic batch, so machine
-noise hits both alike and the printed ``ratio`` (method step time / plain step time) is fair.
+noise hits both alike and the printed ``ratio`` (method step time / plain step time) is fair. With
+``--vary``, the same steps under flipped speed settings (memory format, torch.compile, thread count)
+join the rounds, which is how rlmask's CPU defaults were chosen.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from rlmask.config import option
 from rlmask.errors import UserError
-from rlmask.train.distributed import pick_device
+from rlmask.train.distributed import native_bf16, pick_device
+
+VARIABLE_SETTINGS = ("amp", "channels_last", "compile", "threads")
 
 
 @dataclass
@@ -35,9 +39,28 @@ class BenchConfig:
     pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
     num_workers: int = option(0, "data-loading worker processes for image folders (pipeline timing)")
     device: str = option("auto", "auto, cpu or cuda")
+    amp: bool | None = option(None, "bf16 autocast (default: where the device computes in bf16 natively, as in training)")
     channels_last: bool = option(True, "channels-last memory format")
+    compile: bool | None = option(None, "torch.compile the classifier and the policy (default: on CUDA only, as in training)")
     threads: int | None = option(None, "CPU threads (default: torch's choice)")
+    vary: list[str] = option([], "settings to also time flipped, side by side with the chosen ones: "
+                             "amp, channels_last, compile, threads (half as many)", choices=list(VARIABLE_SETTINGS))
     seed: int = option(0, "seed")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The speed settings one timed arm runs with."""
+
+    amp: bool
+    channels_last: bool
+    compile: bool
+    threads: int
+
+    def flipped(self, name: str) -> Settings:
+        if name == "threads":
+            return replace(self, threads=max(1, self.threads // 2))
+        return replace(self, **{name: not getattr(self, name)})
 
 
 def _sync(device: torch.device) -> None:
@@ -54,13 +77,13 @@ def _timed(fn, n: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _step_runner(cfg: BenchConfig, method: str, device: torch.device, x: torch.Tensor, y: torch.Tensor):
+def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torch.device, x: torch.Tensor, y: torch.Tensor):
     from rlmask.agents import build_agent
     from rlmask.models import create_model, default_small_stem
-    from rlmask.train.loop import make_optimizer, train_step
+    from rlmask.train.loop import compile_for_training, make_optimizer, train_step
 
     torch.manual_seed(cfg.seed)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = create_model(cfg.model, 10, in_chans=cfg.channels, small_stem=default_small_stem(cfg.model, cfg.image_size))
     model.to(device, memory_format=memory_format)
     options = {"policy_input_size": cfg.policy_input_size} if method == "pgnm" else {}
@@ -73,12 +96,16 @@ def _step_runner(cfg: BenchConfig, method: str, device: torch.device, x: torch.T
                                 agent_options.weight_decay) if agent_options else None)
     model.train()
     agent.train()
+    step_model = compile_for_training(model, agent) if settings.compile else model
 
     def criterion(logits, target):
         return F.cross_entropy(logits.float(), target, reduction="none")
 
-    amp = device.type == "cuda"
-    return lambda: train_step(model, agent, x, y, criterion, opt, agent_opt, amp=amp)
+    def step():
+        torch.set_num_threads(settings.threads)
+        train_step(step_model, agent, x, y, criterion, opt, agent_opt, amp=settings.amp)
+
+    return step
 
 
 def _pipeline_rate(cfg: BenchConfig, device: torch.device) -> float:
@@ -104,34 +131,47 @@ def _pipeline_rate(cfg: BenchConfig, device: torch.device) -> float:
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Images/s of plain training, of ``cfg.method`` (with their step-time ratio) and of the data pipeline."""
+    """Images/s of plain training and of ``cfg.method`` (with their step-time ratio), of every flipped
+    setting in ``cfg.vary`` (with its step-time ratio to the chosen settings), and of the data pipeline."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if cfg.batch_size < 2 or cfg.image_size < 8:
         raise UserError("--batch-size must be >= 2 and --image-size >= 8")
+    for name in cfg.vary:
+        if name not in VARIABLE_SETTINGS:
+            raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")
+    base = Settings(cfg.amp if cfg.amp is not None else native_bf16(device), cfg.channels_last, cfg.compile if cfg.compile is not None else device.type == "cuda",
+                    torch.get_num_threads())
+    settings = {"chosen": base} | {f"{name}={getattr(base.flipped(name), name)}": base.flipped(name)
+                                   for name in dict.fromkeys(cfg.vary)}
+    methods = ["plain"] + ([cfg.method] if cfg.method != "plain" else [])
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=gen).to(device)
     y = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runners = {"plain": _step_runner(cfg, "plain", device, x, y)}
-    if cfg.method != "plain":
-        runners[cfg.method] = _step_runner(cfg, cfg.method, device, x, y)
+    runners = {(label, m): _step_runner(cfg, m, s, device, x, y) for label, s in settings.items() for m in methods}
     for run in runners.values():
         _timed(run, cfg.warmup, device)
     seconds = dict.fromkeys(runners, 0.0)
     for _ in range(cfg.rounds):
-        for name, run in runners.items():
-            seconds[name] += _timed(run, cfg.steps, device)
+        for arm, run in runners.items():
+            seconds[arm] += _timed(run, cfg.steps, device)
+    torch.set_num_threads(base.threads)
     images = cfg.rounds * cfg.steps * cfg.batch_size
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({base.threads} threads)",
               "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "method": cfg.method,
-              "policy_input_size": cfg.policy_input_size,
-              "plain_img_s": round(images / seconds["plain"], 2)}
+              "policy_input_size": cfg.policy_input_size, **asdict(base),
+              "plain_img_s": round(images / seconds["chosen", "plain"], 2)}
     if cfg.method != "plain":
-        result["method_img_s"] = round(images / seconds[cfg.method], 2)
-        result["ratio"] = round(seconds[cfg.method] / seconds["plain"], 3)
+        result["method_img_s"] = round(images / seconds["chosen", cfg.method], 2)
+        result["ratio"] = round(seconds["chosen", cfg.method] / seconds["chosen", "plain"], 3)
+    if len(settings) > 1:  # step time under the flipped setting / under the chosen ones, per method
+        result["flipped"] = {label: {m: {"img_s": round(images / seconds[label, m], 2),
+                                         "time_ratio": round(seconds[label, m] / seconds["chosen", m], 3)}
+                                     for m in methods}
+                             for label in settings if label != "chosen"}
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     else:  # the process's peak resident memory (Linux reports KiB)

@@ -96,7 +96,7 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
     model.to(dev)
     transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
     return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
-                          amp=dev.type == "cuda")
+                          amp=dist.native_bf16(dev))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -136,7 +136,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         x = torch.stack([decode_image(str(f), meta["channels"], size, str(f)) for f in chunk]).to(dev)
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dist.native_bf16(dev)):
             probs = model(transform(x, None)).float().softmax(dim=1).cpu()
         for f, p in zip(chunk, probs.tolist()):
             rows.append([str(f), classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)])

@@ -36,7 +36,7 @@ from rlmask.evaluate.inference import evaluate_split
 from rlmask.evaluate.metrics import classification_metrics, mean_ci
 from rlmask.report.figures import plot_transfer
 from rlmask.train.checkpoint import atomic_write_bytes
-from rlmask.train.distributed import pick_device
+from rlmask.train.distributed import native_bf16, pick_device
 from rlmask.train.init import load_classifier
 from rlmask.train.loop import make_optimizer, train_step
 from rlmask.train.schedules import make_scheduler
@@ -156,7 +156,7 @@ def extract_features(model: nn.Module, split: Split, transform: Augment, *, devi
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
     out = []
     for x_u8, _ in loader.epoch(0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device)):
             feats = model.forward_head(model.forward_features(transform(x_u8, None)), pre_logits=True)  # (B, D)
         out.append(feats.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
@@ -209,7 +209,7 @@ def finetune_copy(base: nn.Module, train: Split, num_classes: int, transform: Au
     for epoch in range(cfg.epochs):
         for x_u8, y in loader.epoch(epoch):
             x = transform(x_u8, aug_gen)  # (B, C, S, S) augmented, normalised
-            train_step(model, agent, x, y, criterion, opt, None, amp=device.type == "cuda")
+            train_step(model, agent, x, y, criterion, opt, None, amp=native_bf16(device))
             sched.step()
     return model.eval()
 
@@ -272,7 +272,7 @@ def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool:
         else:
             model = finetune_copy(base, train.subset(idx), k, train_tf, cfg, seed, device)
             scores = evaluate_split(model, test, pool.classes, eval_tf, batch_size=EVAL_BATCH_SIZE, device=device,
-                                    amp=device.type == "cuda")
+                                    amp=native_bf16(device))
         by_shots.setdefault(str(n), []).append({"repeat": r, "n_train": len(idx), "subset_digest": subset_digest(idx),
                                                 **{m: scores[m] for m in METRICS}})
         step(f"n={n} #{r}")

@@ -36,6 +36,19 @@ def pick_device(request: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively, so bf16 autocast speeds training up.
+
+    CUDA GPUs from Ampere on; CPUs whose oneDNN has bf16 kernels (AVX512-BF16 or AMX). Elsewhere
+    bf16 is emulated and slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def setup(device_request: str) -> torch.device:
     """Initialise the process group when launched by torchrun and pick this process's device.
 

@@ -61,7 +61,8 @@ class TrainConfig:
     gamma: float = option(0.1, "decay factor of the step schedule")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
-    amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively: CUDA GPUs, "
+                              "CPUs with AVX512-BF16 or AMX)")
     sync_bn: bool = option(False, "batch-norm statistics over the global batch under torchrun (SyncBatchNorm)")
     compile: bool | None = option(None, "torch.compile the classifier and the agent's networks (default: on CUDA only)")
     channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
@@ -101,6 +102,17 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise UserError(f"--optimizer {name}: unknown optimiser (sgd, adamw)")
+
+
+def compile_for_training(train_model: nn.Module, agent: MaskAgent) -> nn.Module:
+    """torch.compile the classifier (returned wrapped) and the agent's networks (in place).
+
+    Compiled wrappers serve the step only: checkpoints are saved from the plain modules, keys unchanged.
+    """
+    for child in agent.children():
+        if any(True for _ in child.parameters()):
+            child.compile()
+    return torch.compile(train_model)
 
 
 class LogAccumulator:
@@ -203,7 +215,7 @@ def fit(
     rank, world = dist.rank(), dist.world_size()
     main = dist.is_main_process()
     out = Path(cfg.out)
-    amp = cfg.amp and device.type == "cuda"
+    amp = cfg.amp if cfg.amp is not None else dist.native_bf16(device)
     show = cfg.progress and main
 
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)
@@ -248,11 +260,7 @@ def fit(
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile if cfg.compile is not None else device.type == "cuda":
-        # Compiled wrappers for the step only: checkpoints are saved from the plain modules, keys unchanged.
-        train_model = torch.compile(train_model)
-        for child in agent.children():
-            if any(True for _ in child.parameters()):
-                child.compile()
+        train_model = compile_for_training(train_model, agent)
 
     def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
@@ -263,7 +271,7 @@ def fit(
 
     cfg_plain = cfgmod.to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size,
                                         "channels": pool.channels, "world_size": world,
-                                        "steps_per_epoch": steps_per_epoch, "agent_resolved": agent.resolved_config()} | (extra_config or {})
+                                        "steps_per_epoch": steps_per_epoch, "amp": amp, "agent_resolved": agent.resolved_config()} | (extra_config or {})
     data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
                  "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes)}

@@ -107,6 +107,27 @@ def test_bench_reports_side_by_side_ratio(capsys):
     assert result["pipeline_img_s"] > 0
 
 
+def test_bench_times_flipped_settings_beside_the_chosen_ones(capsys):
+    assert main(["bench", "--method", "random-mask", "--model", "resnet10t", "--image-size", "16", "--batch-size", "4",
+                 "--rounds", "1", "--steps", "1", "--warmup", "1", "--pipeline-batches", "0", "--threads", "2",
+                 "--vary", "channels_last", "threads", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["channels_last"], result["compile"], result["threads"]) == (True, False, 2)
+    assert set(result["flipped"]) == {"channels_last=False", "threads=1"}
+    for arm in result["flipped"].values():
+        for method, plain_rate in (("plain", result["plain_img_s"]), ("random-mask", result["method_img_s"])):
+            assert arm[method]["time_ratio"] == pytest.approx(plain_rate / arm[method]["img_s"], rel=0.02)
+    assert torch.get_num_threads() == 2  # the chosen thread count is back after the rounds
+
+
+def test_bench_rejects_an_unknown_setting_from_a_config_file(tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text("vary: [precision]\n")
+    assert main(["bench", "--config", str(config), "--pipeline-batches", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --vary precision: choose from amp, channels_last, compile, threads"
+
+
 def test_transfer_and_report_commands(pgnm_run, tmp_path, capsys):
     out = tmp_path / "transfer"
     downstream = "synthetic:n=12,size=16,modalities=2,organs=2,seed=7"

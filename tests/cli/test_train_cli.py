@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from rlmask.cli import main
+from rlmask.train.distributed import native_bf16
 
 TINY = ["--data", "synthetic:n=24,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
         "--no-progress", "--seed", "3"]
@@ -44,6 +45,7 @@ def test_train_writes_the_documented_files(trained):
     assert [line["epoch"] for line in lines] == [0, 1]
     config = json.loads((trained / "config.json").read_text())
     assert config["model"] == "resnet10t" and config["image_size"] == 16 and config["small_stem"] is True
+    assert config["amp"] is native_bf16(torch.device("cpu"))  # the resolved default is recorded
     ckpt = torch.load(trained / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "config", "rng_state", "metrics"} <= set(ckpt)
     assert ckpt["epoch"] == 2
