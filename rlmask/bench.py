@@ -1,7 +1,8 @@
 """``rlmask bench``: training-step and data-pipeline throughput, measured side by side in one run.
 
 Plain and method steps are timed in alternating rounds on the same synthetic batch, so machine
-noise hits both alike and the printed ``ratio`` (method step time / plain step time) is fair. With
+noise hits both alike; the printed ``ratio`` (method step time / plain step time) is the median over
+rounds of the ratio within each round, which a burst of noise in one round does not move. With
 ``--vary``, the same steps under flipped speed settings (memory format, torch.compile, thread count)
 join the rounds, which is how rlmask's CPU defaults were chosen.
 """
@@ -9,6 +10,7 @@ join the rounds, which is how rlmask's CPU defaults were chosen.
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from rlmask.config import option
 from rlmask.errors import UserError
-from rlmask.train.distributed import native_bf16, pick_device
+from rlmask.train.distributed import pick_device, resolve_amp
 
 VARIABLE_SETTINGS = ("amp", "channels_last", "compile", "threads")
 
@@ -32,8 +34,8 @@ class BenchConfig:
     channels: int = option(3, "input channels")
     method: str = option("plain", "method timed against plain training", choices=["plain", "pgnm", "random-mask", "gaussian-noise"])
     policy_input_size: int | None = option(None, "PGNM: side of the policy's input (default: full resolution)")
-    rounds: int = option(5, "alternating timing rounds")
-    steps: int = option(5, "steps per round and method")
+    rounds: int = option(10, "alternating timing rounds (ratios are medians of the per-round ratios)")
+    steps: int = option(3, "steps per round and arm")
     warmup: int = option(3, "untimed steps before timing")
     data: list[str] = option(["synthetic"], "data whose pipeline (batches + augmentation) is timed")
     pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
@@ -141,7 +143,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.vary:
         if name not in VARIABLE_SETTINGS:
             raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")
-    base = Settings(cfg.amp if cfg.amp is not None else native_bf16(device), cfg.channels_last, cfg.compile if cfg.compile is not None else device.type == "cuda",
+    base = Settings(resolve_amp(cfg.amp, device), cfg.channels_last, cfg.compile if cfg.compile is not None else device.type == "cuda",
                     torch.get_num_threads())
     settings = {"chosen": base} | {f"{name}={getattr(base.flipped(name), name)}": base.flipped(name)
                                    for name in dict.fromkeys(cfg.vary)}
@@ -154,11 +156,17 @@ def run_bench(cfg: BenchConfig) -> dict:
     runners = {(label, m): _step_runner(cfg, m, s, device, x, y) for label, s in settings.items() for m in methods}
     for run in runners.values():
         _timed(run, cfg.warmup, device)
-    seconds = dict.fromkeys(runners, 0.0)
+    rounds = {arm: [] for arm in runners}  # seconds of each arm in each round
     for _ in range(cfg.rounds):
         for arm, run in runners.items():
-            seconds[arm] += _timed(run, cfg.steps, device)
+            rounds[arm].append(_timed(run, cfg.steps, device))
     torch.set_num_threads(base.threads)
+    seconds = {arm: sum(times) for arm, times in rounds.items()}
+
+    def time_ratio(arm, reference) -> float:
+        """Median over rounds of the two arms' time ratio within the round: paired, robust to bursts of noise."""
+        return round(statistics.median(a / b for a, b in zip(rounds[arm], rounds[reference])), 3)
+
     images = cfg.rounds * cfg.steps * cfg.batch_size
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({base.threads} threads)",
               "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "method": cfg.method,
@@ -166,10 +174,10 @@ def run_bench(cfg: BenchConfig) -> dict:
               "plain_img_s": round(images / seconds["chosen", "plain"], 2)}
     if cfg.method != "plain":
         result["method_img_s"] = round(images / seconds["chosen", cfg.method], 2)
-        result["ratio"] = round(seconds["chosen", cfg.method] / seconds["chosen", "plain"], 3)
+        result["ratio"] = time_ratio(("chosen", cfg.method), ("chosen", "plain"))
     if len(settings) > 1:  # step time under the flipped setting / under the chosen ones, per method
         result["flipped"] = {label: {m: {"img_s": round(images / seconds[label, m], 2),
-                                         "time_ratio": round(seconds[label, m] / seconds["chosen", m], 3)}
+                                         "time_ratio": time_ratio((label, m), ("chosen", m))}
                                      for m in methods}
                              for label in settings if label != "chosen"}
     if device.type == "cuda":

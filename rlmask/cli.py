@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, model_name=args.model,
-                                  batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir)
+                                  batch_size=args.batch_size, device=args.device, amp=args.amp, cache_dir=args.cache_dir)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -114,7 +114,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import predict_files
 
     rows = predict_files(args.checkpoint, args.inputs, args.out, model_name=args.model, batch_size=args.batch_size,
-                         device=args.device)
+                         device=args.device, amp=args.amp)
     print(f"{rows} predictions -> {args.out}")
     return 0
 
@@ -173,6 +173,9 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="architecture of a plain state dict (default: from config.json beside it)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
+                             "--no-amp reproduces figures of float32 runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:

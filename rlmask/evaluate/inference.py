@@ -82,7 +82,7 @@ def _checkpoint_fits(model: nn.Module, meta: dict, classes: list[str], path, dat
 
 
 def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", model_name: str | None = None,
-                        batch_size: int = 256, device: str = "auto", cache_dir=None) -> dict:
+                        batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
     from rlmask.data import build_pool
     from rlmask.train.init import load_classifier
@@ -96,7 +96,7 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
     model.to(dev)
     transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
     return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
-                          amp=dist.native_bf16(dev))
+                          amp=dist.resolve_amp(amp, dev))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -117,7 +117,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
 
 
 def predict_files(path, inputs: list[str], out, *, model_name: str | None = None, batch_size: int = 256,
-                  device: str = "auto", image_size: int | None = None) -> int:
+                  device: str = "auto", image_size: int | None = None, amp: bool | None = None) -> int:
     """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count."""
     from rlmask.data.folder import decode_image
     from rlmask.train.init import load_classifier
@@ -136,7 +136,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         x = torch.stack([decode_image(str(f), meta["channels"], size, str(f)) for f in chunk]).to(dev)
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dist.native_bf16(dev)):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dist.resolve_amp(amp, dev)):
             probs = model(transform(x, None)).float().softmax(dim=1).cpu()
         for f, p in zip(chunk, probs.tolist()):
             rows.append([str(f), classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)])

@@ -36,7 +36,7 @@ from rlmask.evaluate.inference import evaluate_split
 from rlmask.evaluate.metrics import classification_metrics, mean_ci
 from rlmask.report.figures import plot_transfer
 from rlmask.train.checkpoint import atomic_write_bytes
-from rlmask.train.distributed import native_bf16, pick_device
+from rlmask.train.distributed import pick_device, resolve_amp
 from rlmask.train.init import load_classifier
 from rlmask.train.loop import make_optimizer, train_step
 from rlmask.train.schedules import make_scheduler
@@ -71,6 +71,7 @@ class TransferConfig:
     eval_per_class: int | None = option(None, "evaluate on at most this many test images per class (one fixed subset)")
     out: str = option("runs/transfer", "output directory", metavar="DIR")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively, as in training)")
     cache_dir: str | None = option(None, "download/index cache")
     progress: bool = option(True, "show a progress bar")
 
@@ -150,13 +151,13 @@ def _seeded_linear_(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, split: Split, transform: Augment, *, device: torch.device,
-                     batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+                     batch_size: int = EVAL_BATCH_SIZE, amp: bool = False) -> torch.Tensor:
     """Pooled pre-logit features (N, D) float32 on the CPU of every sample of ``split``, in split order."""
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
     out = []
     for x_u8, _ in loader.epoch(0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             feats = model.forward_head(model.forward_features(transform(x_u8, None)), pre_logits=True)  # (B, D)
         out.append(feats.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
@@ -209,7 +210,7 @@ def finetune_copy(base: nn.Module, train: Split, num_classes: int, transform: Au
     for epoch in range(cfg.epochs):
         for x_u8, y in loader.epoch(epoch):
             x = transform(x_u8, aug_gen)  # (B, C, S, S) augmented, normalised
-            train_step(model, agent, x, y, criterion, opt, None, amp=native_bf16(device))
+            train_step(model, agent, x, y, criterion, opt, None, amp=cfg.amp)
             sched.step()
     return model.eval()
 
@@ -256,8 +257,8 @@ def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool:
     if cfg.mode == "linear":  # features once: only of the training images some subset uses
         base.to(device)
         needed = torch.cat([idx for idx, _ in subsets.values()]).unique()  # (U,) sorted
-        train_feats = extract_features(base, train.subset(needed), eval_tf, device=device)  # (U, D)
-        test_feats = extract_features(base, test, eval_tf, device=device)  # (T, D)
+        train_feats = extract_features(base, train.subset(needed), eval_tf, device=device, amp=cfg.amp)  # (U, D)
+        test_feats = extract_features(base, test, eval_tf, device=device, amp=cfg.amp)  # (T, D)
         base.cpu()
         info["feature_dim"] = train_feats.shape[1]
     by_shots: dict[str, list] = {}
@@ -272,7 +273,7 @@ def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool:
         else:
             model = finetune_copy(base, train.subset(idx), k, train_tf, cfg, seed, device)
             scores = evaluate_split(model, test, pool.classes, eval_tf, batch_size=EVAL_BATCH_SIZE, device=device,
-                                    amp=native_bf16(device))
+                                    amp=cfg.amp)
         by_shots.setdefault(str(n), []).append({"repeat": r, "n_train": len(idx), "subset_digest": subset_digest(idx),
                                                 **{m: scores[m] for m in METRICS}})
         step(f"n={n} #{r}")
@@ -289,6 +290,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or DEFAULT_EPOCHS[cfg.mode], lr=cfg.lr or DEFAULT_LR[cfg.mode])
     shots = parse_shots(cfg.shots)
     device = pick_device(cfg.device)
+    cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # a bool from here on, recorded as used
     labels = checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
     loaded = [load_classifier(path, cfg.model, option="checkpoint") for path in cfg.checkpoints]

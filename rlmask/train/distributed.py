@@ -49,6 +49,11 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def resolve_amp(amp: bool | None, device: torch.device) -> bool:
+    """An ``--amp/--no-amp`` choice, None meaning: bf16 autocast where ``device`` computes bf16 natively."""
+    return native_bf16(device) if amp is None else bool(amp)
+
+
 def setup(device_request: str) -> torch.device:
     """Initialise the process group when launched by torchrun and pick this process's device.
 

@@ -215,7 +215,7 @@ def fit(
     rank, world = dist.rank(), dist.world_size()
     main = dist.is_main_process()
     out = Path(cfg.out)
-    amp = cfg.amp if cfg.amp is not None else dist.native_bf16(device)
+    amp = dist.resolve_amp(cfg.amp, device)
     show = cfg.progress and main
 
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)

@@ -120,6 +120,18 @@ def test_bench_times_flipped_settings_beside_the_chosen_ones(capsys):
     assert torch.get_num_threads() == 2  # the chosen thread count is back after the rounds
 
 
+def test_bench_ratio_is_the_median_of_per_round_ratios(monkeypatch):
+    import rlmask.bench as bench
+
+    # Round times: plain 1 s each; pgnm 2 s, except one round hit by a 10 s burst of noise.
+    script = {"plain": iter([0, 1, 1, 1]), "pgnm": iter([0, 2, 10, 2])}  # the first call is the warm-up
+    monkeypatch.setattr(bench, "_step_runner", lambda cfg, method, settings, device, x, y: method)
+    monkeypatch.setattr(bench, "_timed", lambda run, n, device: next(script[run]))
+    result = bench.run_bench(bench.BenchConfig(method="pgnm", rounds=3, steps=1, batch_size=2, pipeline_batches=0))
+    assert result["ratio"] == 2.0  # the total-time ratio would be 14 / 3
+    assert result["plain_img_s"] == 2.0 and result["method_img_s"] == round(6 / 14, 2)
+
+
 def test_bench_rejects_an_unknown_setting_from_a_config_file(tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text("vary: [precision]\n")

@@ -58,6 +58,9 @@ def test_evaluate_reproduces_the_test_metrics(trained, capsys):
     recorded = json.loads((trained / "metrics.json").read_text())["test"]
     assert again["accuracy"] == recorded["accuracy"]
     assert again["macro_f1"] == pytest.approx(recorded["macro_f1"])
+    code, out, _ = run_cli(["evaluate", trained / "last.pt", "--data", "synthetic:n=24,size=16", "--json", "--no-amp"],
+                           capsys)  # float32, as runs made before bf16 became the default
+    assert code == 0 and json.loads(out)["num_samples"] == recorded["num_samples"]
 
 
 def test_predict_writes_probabilities_per_file(trained, tmp_path, capsys):
