@@ -107,26 +107,37 @@ GPU_PASSES = 8  # rejection passes on accelerators: a fixed count avoids a host 
 def _log_standard_gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """log of Gamma(conc, 1) samples, drawn from ``generator`` (on its device); same shape as ``conc``.
 
-    Each pass accepts > 95% of the remaining draws. On the CPU the loop runs until all are accepted;
-    on accelerators it runs GPU_PASSES times without asking the host (a draw still rejected then,
-    probability < 1e-10, keeps its last proposal).
+    Each pass accepts > 95% of the draws it makes. On the CPU, later passes redraw only the rejected
+    entries until all are accepted; on accelerators every pass redraws the whole tensor, GPU_PASSES
+    times, without asking the host (a draw still rejected then, probability < 1e-10, keeps its last
+    proposal).
     """
     d = conc + 2.0 / 3.0  # Marsaglia-Tsang's d = shape - 1/3 with shape = conc + 1
     c = 1.0 / torch.sqrt(9.0 * d)
-    log_g = torch.zeros_like(conc)
-    todo = torch.ones_like(conc, dtype=torch.bool)
-    passes = 0
-    while True:
-        z = torch.randn(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
-        u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)  # (0, 1]
+
+    def propose(d: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log of the proposal, accepted?) for one draw per entry of d."""
+        z = torch.randn(d.shape, generator=generator, device=d.device, dtype=d.dtype)
+        u = 1.0 - torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype)  # (0, 1]
         v = (1.0 + c * z) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        passes += 1
-        last = passes == GPU_PASSES and conc.device.type != "cpu"
-        log_g = torch.where(todo & (ok | last), torch.log(d * v.clamp_min(1e-30)), log_g)
-        todo = todo & ~ok
-        if last or (conc.device.type == "cpu" and not bool(todo.any())):
-            break
+        return torch.log(d * v.clamp_min(1e-30)), ok
+
+    if conc.device.type == "cpu":
+        log_g, ok = propose(d, c)
+        todo = (~ok).flatten().nonzero().squeeze(1)  # flat indices still rejected
+        flat_g, flat_d, flat_c = log_g.view(-1), d.reshape(-1), c.reshape(-1)
+        while todo.numel():
+            proposal, ok = propose(flat_d[todo], flat_c[todo])
+            flat_g[todo[ok]] = proposal[ok]
+            todo = todo[~ok]
+    else:
+        log_g = torch.zeros_like(conc)
+        todo = torch.ones_like(conc, dtype=torch.bool)
+        for passes in range(1, GPU_PASSES + 1):
+            proposal, ok = propose(d, c)
+            log_g = torch.where(todo & (ok | (passes == GPU_PASSES)), proposal, log_g)
+            todo = todo & ~ok
     u = 1.0 - torch.rand(conc.shape, generator=generator, device=conc.device, dtype=conc.dtype)
     return log_g + torch.log(u) / conc  # Gamma(a) = Gamma(a+1) * U^(1/a)
 
