@@ -237,6 +237,24 @@ class BetaNoisePolicy(nn.Module):
         return Beta(alpha, beta)
 
 
+def beta_log_prob_and_entropy(
+    dist: Beta, x: torch.Tensor, entropy_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell log-density of ``x`` under ``dist`` and the per-cell entropy, sharing log B(a, b).
+
+    Equal to ``dist.log_prob(x)`` and ``dist.entropy()`` without their Dirichlet detour (stacked copies,
+    the entropy's digamma and polygamma passes); ``entropy_grad=False`` leaves the entropy out of the
+    graph, for when only its value is logged.
+    """
+    a, b = dist.concentration1, dist.concentration0
+    log_beta_fn = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)  # log B(a, b)
+    log_prob = (a - 1) * torch.log(x) + (b - 1) * torch.log1p(-x) - log_beta_fn
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = (log_beta_fn - (a - 1) * torch.digamma(a) - (b - 1) * torch.digamma(b)
+                   + (a + b - 2) * torch.digamma(a + b))
+    return log_prob, entropy
+
+
 # ---------------------------------------------------------------------------------------------
 # The two objectives, as pure functions of per-cell log-probabilities
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +274,8 @@ def reinforce_policy_loss(
 
     log_prob (B, G*G), advantage (B,) detached, entropy (B, G*G).
     """
-    return -(advantage * log_prob.sum(dim=1)).mean() - entropy_coef * entropy.mean()
+    loss = -(advantage * log_prob.sum(dim=1)).mean()
+    return loss - entropy_coef * entropy.mean() if entropy_coef else loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +348,8 @@ class NoiseMaskAgent(_SeededAgent):
         cells = sample_cells(dist, self.rng(x.device))  # (B, G*G), sampled: no gradient reaches the mask
         mask = self.render(cells, x.shape[-2:])  # (B, 1, H, W)
         ce = criterion(model(apply_mask(x, mask)), y).float()  # (B,)
-        log_prob = dist.log_prob(cells)  # (B, G*G)
-        entropy = dist.entropy()  # (B, G*G)
+        # (B, G*G) each; the entropy needs a gradient only when it is part of the objective
+        log_prob, entropy = beta_log_prob_and_entropy(dist, cells, entropy_grad=self.cfg.entropy_coef > 0)
         sign = -1.0 if self.cfg.policy_sign == "cooperative" else 1.0
         reward = sign * ce.detach()  # (B,)
 

@@ -10,10 +10,12 @@ from torch import nn
 from rlmask.agents.base import AgentOptimizer
 from rlmask.agents.noise import (
     EPS,
+    BetaNoisePolicy,
     GaussianNoiseAgent,
     NoiseConfig,
     NoiseMaskAgent,
     RandomMaskAgent,
+    beta_log_prob_and_entropy,
     reference_loss,
     reinforce_policy_loss,
     sample_beta,
@@ -342,3 +344,22 @@ def test_gaussian_noise_agent_adds_noise_of_the_configured_std():
     torch.testing.assert_close(logs["losses/ce"], criterion(model.linear(model.seen), y).mean())
     assert agent.masked_eval_input(x) is None and agent.resolved_config() == {"method": "gaussian-noise",
                                                                               "noise_std": 0.5}
+
+
+def test_log_prob_and_entropy_equal_torch_beta_with_gradients():
+    g = torch.Generator().manual_seed(5)
+    log_alpha = (3 * torch.randn(4, 9, generator=g)).requires_grad_()
+    log_beta = (3 * torch.randn(4, 9, generator=g)).requires_grad_()
+    policy = BetaNoisePolicy(grid=3, in_chans=1, image_size=16)
+    cells = sample_cells(policy.distribution(log_alpha, log_beta), g)
+    ours = beta_log_prob_and_entropy(policy.distribution(log_alpha, log_beta), cells)
+    dist = policy.distribution(log_alpha, log_beta)
+    reference = (dist.log_prob(cells), dist.entropy())
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+        grads = torch.autograd.grad(mine.sum(), (log_alpha, log_beta), retain_graph=True)
+        expected = torch.autograd.grad(theirs.sum(), (log_alpha, log_beta), retain_graph=True)
+        for a, b in zip(grads, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    _, entropy = beta_log_prob_and_entropy(policy.distribution(log_alpha, log_beta), cells, entropy_grad=False)
+    assert not entropy.requires_grad
