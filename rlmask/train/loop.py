@@ -95,13 +95,21 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise UserError(f"--optimizer {name}: unknown optimiser (sgd, adamw)")
+    """SGD, AdamW or Adam over ``params`` (already on their device), with the fused kernel where torch has one.
+
+    Fused steps read and write each parameter once instead of once per update term.
+    """
+    options = {"sgd": (torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}),
+               "adamw": (torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}),
+               "adam": (torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay})}
+    if name not in options:
+        raise UserError(f"--optimizer {name}: unknown optimiser (sgd, adamw)")
+    cls, kwargs = options[name]
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this torch, device or dtype
+        return cls(params, **kwargs)
 
 
 def compile_for_training(train_model: nn.Module, agent: MaskAgent) -> nn.Module:
