@@ -3,8 +3,8 @@
 Plain and method steps are timed in alternating rounds on the same synthetic batch, so machine
 noise hits both alike; the printed ``ratio`` (method step time / plain step time) is the median over
 rounds of the ratio within each round, which a burst of noise in one round does not move. With
-``--vary``, the same steps under flipped speed settings (memory format, torch.compile, thread count)
-join the rounds, which is how rlmask's CPU defaults were chosen.
+``--vary``, the same steps under flipped speed settings (bf16 autocast, memory format, torch.compile,
+thread count) join the rounds, which is how rlmask's CPU defaults were chosen.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from rlmask.config import option
 from rlmask.errors import UserError
-from rlmask.train.distributed import pick_device, resolve_amp
+from rlmask.train.distributed import pick_device, resolve_amp, resolve_compile
 
 VARIABLE_SETTINGS = ("amp", "channels_last", "compile", "threads")
 
@@ -104,7 +104,8 @@ def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torc
         return F.cross_entropy(logits.float(), target, reduction="none")
 
     def step():
-        torch.set_num_threads(settings.threads)
+        if torch.get_num_threads() != settings.threads:  # only arms of --vary threads switch
+            torch.set_num_threads(settings.threads)
         train_step(step_model, agent, x, y, criterion, opt, agent_opt, amp=settings.amp)
 
     return step
@@ -143,7 +144,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.vary:
         if name not in VARIABLE_SETTINGS:
             raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")
-    base = Settings(resolve_amp(cfg.amp, device), cfg.channels_last, cfg.compile if cfg.compile is not None else device.type == "cuda",
+    base = Settings(resolve_amp(cfg.amp, device), cfg.channels_last, resolve_compile(cfg.compile, device),
                     torch.get_num_threads())
     settings = {"chosen": base} | {f"{name}={getattr(base.flipped(name), name)}": base.flipped(name)
                                    for name in dict.fromkeys(cfg.vary)}

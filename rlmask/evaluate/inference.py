@@ -129,6 +129,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
     num_classes = model.get_classifier().out_features
     classes = meta.get("classes") or [str(i) for i in range(num_classes)]
     dev = dist.pick_device(device)
+    amp = dist.resolve_amp(amp, dev)
     model.to(dev)
     transform = Augment(size, train=False, mean=meta["mean"], std=meta["std"])
     files = _image_files(inputs)
@@ -136,7 +137,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         x = torch.stack([decode_image(str(f), meta["channels"], size, str(f)) for f in chunk]).to(dev)
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dist.resolve_amp(amp, dev)):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             probs = model(transform(x, None)).float().softmax(dim=1).cpu()
         for f, p in zip(chunk, probs.tolist()):
             rows.append([str(f), classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)])

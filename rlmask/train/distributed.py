@@ -54,6 +54,11 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     return native_bf16(device) if amp is None else bool(amp)
 
 
+def resolve_compile(compile: bool | None, device: torch.device) -> bool:
+    """A ``--compile/--no-compile`` choice, None meaning: on CUDA only (on the CPU it did not pay, see the README)."""
+    return device.type == "cuda" if compile is None else bool(compile)
+
+
 def setup(device_request: str) -> torch.device:
     """Initialise the process group when launched by torchrun and pick this process's device.
 

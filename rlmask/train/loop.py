@@ -267,7 +267,7 @@ def fit(
         dist.convert_sync_batchnorm(model, device)
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+    if dist.resolve_compile(cfg.compile, device):
         train_model = compile_for_training(train_model, agent)
 
     def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
