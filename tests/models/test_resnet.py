@@ -6,6 +6,7 @@ from torch import nn
 
 from rlmask.errors import UserError
 from rlmask.models import create_model, list_models, load_timm_state_dict, register_model
+from rlmask.models.resnet import Conv2d
 
 
 def rand(*shape: int, requires_grad: bool = False) -> torch.Tensor:
@@ -225,3 +226,60 @@ def test_register_model_rejects_a_duplicate_name():
 
     with pytest.raises(ValueError, match="already registered"):
         register_model(resnet18)
+
+
+# (in, out, kernel, stride, padding, input h, input w, bias): every case has a 1x1 output
+ONE_OUTPUT_CONVS = [
+    (8, 6, 3, 1, 1, 1, 1, False),  # the last 3x3 conv of a ResNet fed 32 px
+    (8, 6, 3, 2, 1, 2, 2, True),  # a strided 3x3 conv from 2x2: four taps see the input
+    (8, 6, 3, 2, 1, 1, 2, False),  # not square
+    (8, 6, 1, 2, 0, 2, 2, False),  # a strided 1x1 projection: one input pixel is read
+    (8, 6, 1, 1, 0, 1, 1, True),
+    (3, 5, 7, 2, 3, 2, 2, False),  # a 7x7 stem on a 2x2 image
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,h,w,bias", ONE_OUTPUT_CONVS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_output_conv_is_the_library_convolution_without_calling_it(
+    cin, cout, k, stride, pad, h, w, bias, channels_last, monkeypatch
+):
+    conv = Conv2d(cin, cout, k, stride=stride, padding=pad, bias=bias).double()
+    x = rand(4, cin, h, w).double()
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    x.requires_grad_(True)
+    out = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride, pad)
+    expected = torch.autograd.grad(out.square().sum(), [x, *conv.parameters()])
+
+    def library_conv(*args):
+        raise AssertionError("the 1x1-output path called the library convolution")
+
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", library_conv)
+    got_out = conv(x)
+    got = torch.autograd.grad(got_out.square().sum(), [x, *conv.parameters()])
+    assert got_out.shape == out.shape == (4, cout, 1, 1)
+    torch.testing.assert_close(got_out, out, rtol=1e-12, atol=1e-12)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_with_more_than_one_output_uses_the_library_convolution(monkeypatch):
+    conv = Conv2d(4, 6, 3, stride=2, padding=1)
+    calls = []
+    library_forward = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda *a: calls.append(1) or library_forward(*a))
+    assert conv(rand(2, 4, 3, 3)).shape == (2, 6, 2, 2)
+    assert calls == [1]
+
+
+def test_resnet10t_at_32px_matches_the_library_convolutions_in_bf16():
+    """The policy network at --policy-input-size 32 reaches 1x1 maps; autocast output must not change."""
+    model = create_model("resnet10t", num_classes=0, in_chans=3).eval()
+    x = rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x)
+        for m in model.modules():
+            if isinstance(m, Conv2d):
+                m.forward = nn.Conv2d.forward.__get__(m)
+        library = model(x)
+    torch.testing.assert_close(fast.float(), library.float(), rtol=2e-2, atol=2e-2)
