@@ -35,8 +35,19 @@ class Conv2d(nn.Conv2d):
         if (h + 2 * ph - kh) // sh != 0 or (w + 2 * pw - kw) // sw != 0 or kh <= ph or kw <= pw:
             return super().forward(x)  # more than one output position (or none, which errors there)
         rows, cols = min(h, kh - ph), min(w, kw - pw)  # input extent under the kernel at output (0, 0)
-        inputs = x[..., :rows, :cols].reshape(x.shape[0], -1)  # (B, Cin*rows*cols)
-        weight = self.weight[..., ph:ph + rows, pw:pw + cols].reshape(self.out_channels, -1)  # (Cout, Cin*rows*cols)
+        taps = [(ph + r) * kw + pw + c for r in range(rows) for c in range(cols)]  # their kernel positions
+        # Products in the weight's own memory order: the weight gradient then comes back in the
+        # parameter's layout, with no transposing copy of the whole kernel each step.
+        if self.weight.is_contiguous() or not self.weight.is_contiguous(memory_format=torch.channels_last):
+            weight = self.weight.reshape(self.out_channels, self.in_channels, kh * kw)  # (Cout, Cin, kh*kw)
+            tap_dim, inputs = 2, x[..., :rows, :cols]  # (B, Cin, rows, cols)
+        else:
+            weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, kh * kw, self.in_channels)
+            tap_dim, inputs = 1, x[..., :rows, :cols].permute(0, 2, 3, 1)  # (B, rows, cols, Cin)
+        if len(taps) < kh * kw:
+            weight = weight.index_select(tap_dim, torch.tensor(taps, device=weight.device))
+        inputs = inputs.reshape(x.shape[0], -1)  # (B, Cin*rows*cols), in the weight's order
+        weight = weight.reshape(self.out_channels, -1)
         return F.linear(inputs, weight, self.bias).view(x.shape[0], self.out_channels, 1, 1)
 
 
