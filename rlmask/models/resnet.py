@@ -19,7 +19,7 @@ class Conv2d(nn.Conv2d):
     A ResNet fed small images (a PGNM policy at ``--policy-input-size 32``, say) ends in 2x2 and 1x1
     feature maps. There, oneDNN's convolution kernels (the backward most of all) run several times
     slower than the equivalent GEMM: a 512->512 3x3 convolution on a 1x1 map, forward plus backward,
-    took 9.7 ms against 3.0 ms as a product (batch 64, bf16, 2 cores). When the output is 1x1, only
+    took 9.7 ms against 2.5 ms as a product (batch 64, bf16, 2 cores). When the output is 1x1, only
     the taps that overlap the input contribute (the rest multiply zero padding), so the output is
     ``x[..., :r, :c] . w[..., p:p+r, q:q+c]`` summed over channels and taps: the same sum, and the
     same gradients (zero for the taps that see only padding). Other shapes and devices use the
