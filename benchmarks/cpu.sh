@@ -3,7 +3,7 @@
 #  1. the speed-settings study behind rlmask's CPU defaults (bf16 autocast, channels-last, compile,
 #     threads), each setting flipped and timed side by side with the defaults;
 #  2. the headline PGNM/plain ratios (resnet18, 64 px, batch 64; full-resolution and 32-px policy),
-#     three times each in bf16 and float32;
+#     five times each in bf16 and float32;
 #  3. a grid of plain vs PGNM step time (full-resolution and half-resolution policy) over models and sizes;
 #  4. image folders: index time of a large folder and the data pipeline of npz, folder, workers, pack.
 # Usage: bash benchmarks/cpu.sh [RESULTS.jsonl]
@@ -18,7 +18,7 @@ bench() { rlmask bench "$@" --json | record "rlmask bench $*"; }
 for size in 64 28; do
   bench --method pgnm --model resnet18 --image-size $size --batch-size 64 --pipeline-batches 0 --vary amp channels_last compile threads
 done
-for repeat in 1 2 3; do
+for repeat in 1 2 3 4 5; do
   for policy in "" "--policy-input-size 32"; do
     for precision in --amp --no-amp; do
       bench --method pgnm --model resnet18 --image-size 64 --batch-size 64 $policy --pipeline-batches 0 $precision

@@ -1,10 +1,11 @@
 """``rlmask bench``: training-step and data-pipeline throughput, measured side by side in one run.
 
-Plain and method steps are timed in alternating rounds on the same synthetic batch, so machine
-noise hits both alike; the printed ``ratio`` (method step time / plain step time) is the median over
-rounds of the ratio within each round, which a burst of noise in one round does not move. With
-``--vary``, the same steps under flipped speed settings (bf16 autocast, memory format, torch.compile,
-thread count) join the rounds, which is how rlmask's CPU defaults were chosen.
+Plain and method steps are timed in alternating rounds on the same synthetic batch (every other
+round in reverse order), so machine noise hits both alike; the printed ``ratio`` (method step time /
+plain step time) is the median over rounds of the ratio within each round, which a burst of noise in
+one round does not move. With ``--vary``, the same steps under flipped speed settings (bf16
+autocast, memory format, torch.compile, thread count) join the rounds, which is how rlmask's CPU
+defaults were chosen.
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     for run in runners.values():
         _timed(run, cfg.warmup, device)
     rounds = {arm: [] for arm in runners}  # seconds of each arm in each round
-    for _ in range(cfg.rounds):
-        for arm, run in runners.items():
+    order = list(runners.items())
+    for r in range(cfg.rounds):  # every other round runs the arms in reverse, so no arm always goes first
+        for arm, run in order if r % 2 == 0 else order[::-1]:
             rounds[arm].append(_timed(run, cfg.steps, device))
     torch.set_num_threads(base.threads)
     seconds = {arm: sum(times) for arm, times in rounds.items()}

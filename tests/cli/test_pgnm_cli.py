@@ -132,6 +132,16 @@ def test_bench_ratio_is_the_median_of_per_round_ratios(monkeypatch):
     assert result["plain_img_s"] == 2.0 and result["method_img_s"] == round(6 / 14, 2)
 
 
+def test_bench_rounds_alternate_which_arm_goes_first(monkeypatch):
+    import rlmask.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "_step_runner", lambda cfg, method, settings, device, x, y: method)
+    monkeypatch.setattr(bench, "_timed", lambda run, n, device: calls.append(run) or 1.0)
+    bench.run_bench(bench.BenchConfig(method="pgnm", rounds=4, steps=1, batch_size=2, pipeline_batches=0))
+    assert calls[2:] == ["plain", "pgnm", "pgnm", "plain"] * 2  # after one warm-up call per arm
+
+
 def test_bench_rejects_an_unknown_setting_from_a_config_file(tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text("vary: [precision]\n")
