@@ -103,7 +103,7 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
                "adamw": (torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}),
                "adam": (torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay})}
     if name not in options:
-        raise UserError(f"--optimizer {name}: unknown optimiser (sgd, adamw)")
+        raise UserError(f"--optimizer {name}: unknown optimiser ({', '.join(options)})")
     cls, kwargs = options[name]
     params = list(params)
     try:
