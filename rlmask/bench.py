@@ -13,14 +13,15 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
+from rlmask.agents import AGENTS, get_agent
 from rlmask.config import option
 from rlmask.errors import UserError
-from rlmask.train.distributed import pick_device, resolve_amp, resolve_compile
+from rlmask.runtime import pick_device, resolve_amp, resolve_compile
 
 VARIABLE_SETTINGS = ("amp", "channels_last", "compile", "threads")
 
@@ -33,8 +34,8 @@ class BenchConfig:
     image_size: int = option(64, "image side in pixels", metavar="PX")
     batch_size: int = option(64, "batch size")
     channels: int = option(3, "input channels")
-    method: str = option("plain", "method timed against plain training", choices=["plain", "pgnm", "random-mask", "gaussian-noise"])
-    policy_input_size: int | None = option(None, "PGNM: side of the policy's input (default: full resolution)")
+    method: str = option("plain", "method timed against plain training (a registered agent; its options follow it)",
+                         choices=list(AGENTS))
     rounds: int = option(10, "alternating timing rounds (ratios are medians of the per-round ratios)")
     steps: int = option(3, "steps per round and arm")
     warmup: int = option(3, "untimed steps before timing")
@@ -49,6 +50,7 @@ class BenchConfig:
     vary: list[str] = option([], "settings to also time flipped, side by side with the chosen ones: "
                              "amp, channels_last, compile, threads (half as many)", choices=list(VARIABLE_SETTINGS))
     seed: int = option(0, "seed")
+    agent: dict = field(default_factory=dict, metadata={"cli": False, "help": "options of the method's agent"})
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,19 @@ def _timed(fn, n: int, device: torch.device) -> float:
 
 
 def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torch.device, x: torch.Tensor, y: torch.Tensor):
-    from rlmask.agents import build_agent
-    from rlmask.models import create_model, default_small_stem
-    from rlmask.train.loop import compile_for_training, make_optimizer, train_step
+    """One training step of ``method`` on the fixed batch (x, y), as the loop runs it, under ``settings``."""
+    from rlmask.models import default_small_stem
+    from rlmask.train.loop import compile_for_training, make_optimizer
+    from rlmask.train.step import TrainStep
+    from rlmask.train.tasks import build_task
 
+    spec = get_agent(method)
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = create_model(cfg.model, 10, in_chans=cfg.channels, small_stem=default_small_stem(cfg.model, cfg.image_size))
+    task = build_task(spec.task)
+    model = task.build_model(cfg.model, 10, cfg.channels, default_small_stem(cfg.model, cfg.image_size))
     model.to(device, memory_format=memory_format)
-    options = {"policy_input_size": cfg.policy_input_size} if method == "pgnm" else {}
-    agent = build_agent(method, image_size=cfg.image_size, in_chans=cfg.channels, seed=cfg.seed, **options)
+    agent = spec.build(cfg.image_size, cfg.channels, seed=cfg.seed, options=cfg.agent if method == cfg.method else {})
     agent.to(device, memory_format=memory_format)
     x = x.contiguous(memory_format=memory_format)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
@@ -100,14 +105,12 @@ def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torc
     model.train()
     agent.train()
     step_model = compile_for_training(model, agent) if settings.compile else model
-
-    def criterion(logits, target):
-        return F.cross_entropy(logits.float(), target, reduction="none")
+    ctx = TrainStep(step_model, task.loss, opt, agent, agent_opt, device=device, amp=settings.amp, total_steps=1)
 
     def step():
         if torch.get_num_threads() != settings.threads:  # only arms of --vary threads switch
             torch.set_num_threads(settings.threads)
-        train_step(step_model, agent, x, y, criterion, opt, agent_opt, amp=settings.amp)
+        agent.train_step(ctx.begin(0, 0), x, y)
 
     return step
 
@@ -173,7 +176,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     images = cfg.rounds * cfg.steps * cfg.batch_size
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({base.threads} threads)",
               "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "method": cfg.method,
-              "policy_input_size": cfg.policy_input_size, **asdict(base),
+              "agent": cfg.agent, **asdict(base),
               "plain_img_s": round(images / seconds["chosen", "plain"], 2)}
     if cfg.method != "plain":
         result["method_img_s"] = round(images / seconds["chosen", cfg.method], 2)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rlmask import __version__
-from rlmask.config import add_dataclass_arguments, resolve
+from rlmask.config import add_dataclass_arguments, cli_names, resolve, split_known
 from rlmask.errors import UserError
 
 
@@ -44,10 +44,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rlmask.train.methods import PretrainConfig, pretrain
 
-    cfg = resolve(PretrainConfig, args, args.config)
+    cfg = _resolve_with_agent(PretrainConfig, args)
     _record_command(cfg.out)
     _print_final(pretrain(cfg), cfg.out)
     return 0
+
+
+def _resolve_with_agent(cls: type, args: argparse.Namespace):
+    """``cls`` (with ``method`` and ``agent`` fields) from the config file and flags: the file's keys that are
+    options of the method's agent, and the agent's flags, go to ``agent``; a key of another agent is an error."""
+    from rlmask.agents import get_agent
+    from rlmask.config import coerce_all, load_config_file
+
+    file_values = load_config_file(args.config) if args.config else {}
+    spec = get_agent(args.method or file_values.get("method") or cls.method)
+    agent_file, rest = split_known(file_values, spec.options)
+    _, unknown = split_known(rest, cls)
+    _reject_foreign_options(unknown, spec.name, f"--config {args.config}")
+    agent_values = coerce_all(spec.options, agent_file, f"--config {args.config}") if agent_file else {}
+    if spec.options is not None:
+        agent_values |= {k: v for k, v in vars(args).items() if k in cli_names(spec.options) and v is not None}
+    return resolve(cls, args, args.config, file_values=rest, agent=agent_values)
+
+
+def _reject_foreign_options(names, method: str, where: str) -> None:
+    """A one-line error for option names that belong to another agent than ``method`` (or to none)."""
+    from rlmask.agents.registry import owner_of
+
+    for name in sorted(names):
+        owners = owner_of(name)
+        if owners:
+            raise UserError(f"{where}: {name.replace('_', '-')} is an option of method {', '.join(owners)}, "
+                            f"not of {method}")
+    if names:
+        raise UserError(f"{where}: unknown option(s) {', '.join(sorted(names))}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -60,9 +90,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rlmask.evaluate.compare import CompareConfig, run_comparison
+    from rlmask.agents import AGENTS, get_agent
+    from rlmask.config import coerce_all, load_config_file
+    from rlmask.experiments.compare import CompareConfig, run_comparison
 
-    cfg = resolve(CompareConfig, args, args.config)
+    file_values = load_config_file(args.config) if args.config else {}
+    sections = {}  # a config file's section per method: {method: {option: value}}
+    for key in [k for k, v in file_values.items() if isinstance(v, dict)]:
+        method = key.replace("_", "-") if key.replace("_", "-") in AGENTS else key
+        spec = get_agent(method, f"--config {args.config}: section")
+        values = {str(k).replace("-", "_"): v for k, v in file_values.pop(key).items()}
+        if spec.options is None:
+            raise UserError(f"--config {args.config}: section {method}: method {method} takes no options")
+        _, unknown = split_known(values, spec.options)
+        _reject_foreign_options(unknown, method, f"--config {args.config}: section {method}")
+        sections[method] = coerce_all(spec.options, values, f"--config {args.config}: section {method}")
+    cfg = resolve(CompareConfig, args, args.config, file_values=file_values, method_options=sections)
     _record_command(cfg.out)
     result = run_comparison(cfg)
     print((Path(cfg.out) / "comparison.md").read_text())
@@ -71,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from rlmask.evaluate.transfer import TransferConfig, run_transfer
+    from rlmask.experiments.transfer import TransferConfig, run_transfer
 
     cfg = resolve(TransferConfig, args, args.config)
     _record_command(cfg.out)
@@ -98,13 +141,14 @@ def _print_final(metrics: dict, out: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import evaluate_checkpoint
+    from rlmask.evaluate.metrics import FINAL_METRICS
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, model_name=args.model,
                                   batch_size=args.batch_size, device=args.device, amp=args.amp, cache_dir=args.cache_dir)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc", "auroc_ovo"):
+        for key in FINAL_METRICS:
             value = metrics[key]
             print(f"{key:>18}  {'n/a' if value is None else f'{value:.4f}'}")
     return 0
@@ -158,7 +202,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rlmask.bench import BenchConfig, run_bench
 
-    cfg = resolve(BenchConfig, args, args.config)
+    cfg = _resolve_with_agent(BenchConfig, args)
     result = run_bench(cfg)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -178,10 +222,28 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
                              "--no-amp reproduces figures of float32 runs)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+AGENT_COMMANDS = ("pretrain", "bench")  # commands whose flags include those of the --method's agent
+
+
+def _method_in(argv: list[str]) -> str | None:
+    """The ``--method`` of an agent command line (from the flag, else its ``--config`` file), or None."""
+    from rlmask.config import load_config_file
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.method:
+        return known.method
+    return load_config_file(known.config).get("method") if known.config else None
+
+
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; ``method``: the agent whose options ``pretrain`` and ``bench`` take."""
+    from rlmask.agents import get_agent
     from rlmask.bench import BenchConfig
-    from rlmask.evaluate.compare import CompareConfig
-    from rlmask.evaluate.transfer import TransferConfig
+    from rlmask.experiments.compare import CompareConfig
+    from rlmask.experiments.transfer import TransferConfig
     from rlmask.train.loop import TrainConfig
     from rlmask.train.methods import FinetuneConfig, PretrainConfig
 
@@ -196,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("checkpoints", nargs="*", default=argparse.SUPPRESS, metavar="CKPT",
                            help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)")
         add_dataclass_arguments(p, options, skip=("checkpoints",))
+        if name in AGENT_COMMANDS:  # the options of the agent named by --method (parsed first)
+            spec = get_agent(method or options.method)
+            if spec.options is not None:
+                group = p.add_argument_group(f"options of method {spec.name} (other methods: --method NAME --help)")
+                add_dataclass_arguments(group, spec.options)
         p.set_defaults(func=func)
         return p
 
@@ -258,9 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        method = _method_in(argv[1:]) if argv and argv[0] in AGENT_COMMANDS else None
+        parser = build_parser(method)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            flags = {e.split("=", 1)[0][2:].replace("-", "_") for e in extras if e.startswith("--")}
+            if not flags or len(flags) < len([e for e in extras if not e.startswith("--")]):
+                parser.parse_args(argv)  # argparse's own message for stray arguments
+            _reject_foreign_options(flags, method or getattr(args, "method", "") or "", argv[0])
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tomllib
 import types
 import typing
@@ -50,14 +49,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
-        if dataclasses.is_dataclass(hints[f.name]):  # nested options: flat flags
-            add_dataclass_arguments(parser, hints[f.name], skip)
-            continue
         kind, optional, is_list = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         for key in ("choices", "metavar"):
             if key in f.metadata:
@@ -96,63 +93,104 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _flat_names(cls: type) -> set[str]:
-    hints = typing.get_type_hints(cls)
-    names = set()
-    for f in dataclasses.fields(cls):
-        names |= _flat_names(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else {f.name}
-    return names
+def cli_names(cls: type) -> set[str]:
+    """Names of the fields of ``cls`` that are options (flags and config-file keys)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli") is not False}
 
 
-def _build(cls: type, values: dict[str, Any]):
-    """``cls`` from flat ``values``; nested dataclass fields take the names that belong to them."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], values)
-        elif f.name in values:
-            kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def resolve(cls: type, namespace: argparse.Namespace | None = None, config_path: str | None = None, **overrides):
-    """Build ``cls`` from its defaults, then the config file, then the flags given on the command line,
-    then ``overrides``. Nested dataclass fields (e.g. an agent's options) are set by their flat names."""
-    names = _flat_names(cls)
+def _scalar(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str), or ValueError saying what was expected."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValueError("expected an integer")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError("expected a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError("expected text")
+    return value
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """``value`` (from a config file or a ``NAME=VALUE`` flag) converted to the type of field ``name`` of
+    ``cls`` and checked against its choices; ValueError saying what is wrong."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kind, optional, is_list = _base_type(typing.get_type_hints(cls)[name])
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "auto", "")):
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    if is_list:
+        items = value if isinstance(value, list) else [value]
+        converted = [_scalar(kind, v) for v in items]
+    else:
+        converted = _scalar(kind, value)
+    choices = field.metadata.get("choices")
+    for item in converted if is_list else [converted]:
+        if choices and item not in choices:
+            raise ValueError(f"choose from {', '.join(map(str, choices))}")
+    return converted
+
+
+def coerce_all(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every entry of ``values`` coerced to its field of ``cls``; a UserError names ``where`` and the key."""
+    out = {}
+    for name, value in values.items():
+        try:
+            out[name] = coerce(cls, name, value)
+        except ValueError as err:
+            raise UserError(f"{where}: {name.replace('_', '-')} = {value!r}: {err}") from None
+    return out
+
+
+def split_known(values: dict[str, Any], cls: type | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the entries of ``values`` that are options of ``cls``, the rest)."""
+    names = cli_names(cls) if cls is not None else set()
+    return {k: v for k, v in values.items() if k in names}, {k: v for k, v in values.items() if k not in names}
+
+
+def resolve(cls: type, namespace: argparse.Namespace | None = None, config_path: str | None = None, *,
+            file_values: dict[str, Any] | None = None, **overrides):
+    """Build ``cls`` from its defaults, then the config file (``config_path``, or its already read
+    ``file_values``), then the flags given on the command line, then ``overrides``.
+
+    Config-file values go through the same type conversion and choices as flags.
+    """
+    names = cli_names(cls)
     values: dict[str, Any] = {}
-    if config_path:
+    if config_path and file_values is None:
         file_values = load_config_file(config_path)
+    if file_values:
         unknown = sorted(set(file_values) - names)
         if unknown:
             raise UserError(f"--config {config_path}: unknown option(s) {', '.join(unknown)}")
-        values.update(file_values)
+        values.update(coerce_all(cls, file_values, f"--config {config_path}"))
     for name in names:
         given = getattr(namespace, name, None)
         if given is not None:
             values[name] = given
     values.update(overrides)
     try:
-        return _build(cls, values)
+        return cls(**values)
     except TypeError as err:
         raise UserError(f"bad options: {err}") from None
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses, paths and tuples as JSON-able plain data."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
-    from rlmask.train.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(to_plain(data), indent=2) + "\n").encode())

@@ -1,36 +1,18 @@
-"""Masking agents, one file each; this registry maps a ``--method`` name to its agent.
+"""Masking agents, one file each, each registering its name, options and task (see ``registry.py``).
 
 - ``plain``: no mask (``MaskAgent`` itself)
-- ``pgnm``: Policy Gradient-Driven Noise Mask (``noise.NoiseMaskAgent``)
-- ``random-mask``: Beta(1, 1) masks rendered like PGNM's (ablation)
-- ``gaussian-noise``: additive Gaussian noise (baseline)
+- ``pgnm`` (presets ``pgnm-reinforce``, ``pgnm-reference``): Policy Gradient-Driven Noise Mask (``noise.py``)
+- ``random-mask``: Beta(1, 1) masks rendered like PGNM's (ablation, ``noise.py``)
+- ``gaussian-noise``: additive Gaussian noise (baseline, ``noise.py``)
+
+Importing this package imports every agent file, which registers it.
 """
 
 from __future__ import annotations
 
-from rlmask.agents.base import AgentOptimizer, MaskAgent
-from rlmask.agents.noise import GaussianNoiseAgent, NoiseConfig, NoiseMaskAgent, RandomMaskAgent
-from rlmask.errors import UserError
+from rlmask.agents import noise  # noqa: F401  (registers pgnm, random-mask, gaussian-noise)
+from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent, StepContext
+from rlmask.agents.registry import AGENTS, AgentSpec, get_agent, register_agent, register_preset
 
-AGENTS = {"pgnm": NoiseMaskAgent, "random-mask": RandomMaskAgent, "gaussian-noise": GaussianNoiseAgent}
-METHODS = ("plain", *AGENTS)
-
-
-def build_agent(method: str, image_size: int, in_chans: int, seed: int = 0, **options) -> MaskAgent:
-    """The agent of ``method`` for images of ``image_size`` px with ``in_chans`` channels.
-
-    ``options`` are fields of :class:`NoiseConfig` (unknown names are an error).
-    """
-    if method == "plain":
-        return MaskAgent()
-    if method not in AGENTS:
-        raise UserError(f"--method {method}: unknown method; choose from {', '.join(METHODS)}")
-    try:
-        cfg = NoiseConfig(**options)
-    except TypeError as err:
-        raise UserError(f"--method {method}: {err}") from None
-    cfg.validate()
-    return AGENTS[method](cfg, image_size, in_chans, seed=seed)
-
-
-__all__ = ["AGENTS", "METHODS", "AgentOptimizer", "MaskAgent", "NoiseConfig", "build_agent"]
+__all__ = ["AGENTS", "AgentOptimizer", "AgentSpec", "EvalView", "MaskAgent", "StepContext", "get_agent",
+           "register_agent", "register_preset"]

@@ -1,14 +1,26 @@
 """The contract every masking agent fulfils to plug into the one training loop.
 
-The loop moves data one way: batch on device -> augmentation -> ``agent.training_loss`` (the agent
-masks the batch and runs the classifier) -> one backward -> every optimiser steps -> logs. The loop
-owns the classifier's optimiser; an agent with parameters gets its own optimiser from
-``agent.optimizer_options()``.
+The loop owns optimisers, bf16 autocast, the gradient all-reduce, clipping, schedules, checkpoints and
+logs; the *task* (``rlmask.train.tasks``) owns the model, its per-sample loss, validation and what is
+exported; the *agent* owns the order of its updates within a batch. For every training batch the loop
+calls ``agent.train_step(ctx, x, y)`` with a :class:`StepContext`:
+
+- ``ctx.model``: the network being trained (wrapped by DDP / torch.compile where they apply);
+- ``ctx.loss(*inputs)``: the task's per-sample loss (B,) of ``ctx.model`` on ``inputs`` (for the
+  classify task: images and labels);
+- ``ctx.autocast()``: the run's autocast context, for forward passes;
+- ``ctx.update(loss, model=True, agent=True)``: zero_grad, one backward (outside autocast), the agent's
+  gradient all-reduce under torchrun, clipping, and a step of the chosen optimisers;
+- ``ctx.epoch``, ``ctx.step``, ``ctx.total_steps``, ``ctx.progress``: where training stands.
+
+Plain training and PGNM call ``update`` once per batch, APGA three times, Intelligent Masking twice.
+An agent whose whole step is one loss only overrides :meth:`MaskAgent.training_loss`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -25,31 +37,76 @@ class AgentOptimizer:
     schedule: str = "cosine"  # "cosine" | "step" | "constant"
 
 
+@dataclass
+class EvalView:
+    """An evaluation view of a validation batch: ``fn(x, generator)`` gives the input the model sees, or a
+    list of inputs whose softmax outputs are averaged (test-time augmentation). ``final``: also scored on
+    the validation and test splits at the end of the run (metrics.json ``val_NAME`` / ``test_NAME``)."""
+
+    fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor | list[torch.Tensor]]
+    final: bool = False
+
+
+class StepContext(Protocol):
+    """What the loop hands ``MaskAgent.train_step`` for one batch (implemented in ``rlmask.train.step``)."""
+
+    model: nn.Module
+    epoch: int  # epoch in progress, from 0
+    step: int  # optimiser steps done before this batch
+    total_steps: int
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done before this batch, in [0, 1)."""
+
+    def autocast(self): ...
+
+    def loss(self, *inputs: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The task's per-sample loss (B,) of ``model`` on ``inputs``."""
+
+    def update(self, loss: torch.Tensor, *, model: bool = True, agent: bool = True) -> None:
+        """Backpropagate ``loss`` and step the classifier's (``model``) and/or the agent's optimiser."""
+
+
 class MaskAgent(nn.Module):
-    """Base class: a masking agent. The plain method is this class itself (no mask)."""
+    """Base class of masking agents. Itself the plain method: no mask, one update per batch."""
 
     name = "plain"
 
-    def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of one training batch.
+    def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training batch: x (B, C, H, W) normalised images on the device, y (B,) targets.
 
-        x: (B, C, H, W) normalised images on the device; y: (B,) labels;
-        criterion(logits, y) -> (B,) per-sample loss (label smoothing already applied).
-        Returns the scalar whose single backward trains the classifier and the agent, and a dict of
-        detached scalar tensors to log (grouped names such as ``losses/ce``, ``policy/mask_mean``).
-        Tensors only: the loop never calls ``.item()`` inside a step.
+        Returns detached scalar tensors to log, with grouped names (``losses/ce``, ``policy/mask_mean``);
+        tensors only, so the loop never waits for the device inside a step. The default runs
+        :meth:`training_loss` under autocast and makes one update of every network.
         """
-        loss = criterion(model(x), y).mean()
+        with ctx.autocast():
+            loss, logs = self.training_loss(x, y, ctx.loss)
+        ctx.update(loss)
+        return logs
+
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The scalar whose one backward trains the classifier and the agent, and the logs.
+
+        ``loss_fn(x, y)`` is the task's per-sample loss (B,) of the model being trained (``ctx.loss``).
+        """
+        loss = loss_fn(x, y).mean()
         return loss, {"losses/ce": loss.detach()}
 
     def optimizer_options(self) -> AgentOptimizer | None:
         """Options of this agent's optimiser, or None when it has no trainable parameters."""
         return None
 
-    def masked_eval_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """x under the agent's input-independent mask for masked validation, or None if not applicable."""
+    def eval_views(self) -> dict[str, EvalView]:
+        """Extra views scored at validation (logged as ``val_NAME/...``), e.g. PGNM's base mask."""
+        return {}
+
+    @torch.no_grad()
+    def sample_masks(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+        """For the mask gallery: named (B, 1 or C, H, W) tensors for x (``mask`` in [0, 1], the agent's
+        keep-weights; other keys are extra rows), drawn from ``generator``; None without masks."""
         return None
 
     def resolved_config(self) -> dict:

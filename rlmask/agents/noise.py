@@ -10,7 +10,7 @@ Two objectives, one option:
 - ``reinforce`` (default): the classifier minimises the mean CE on masked images; the policy follows
   REINFORCE with per-sample rewards, a running-mean baseline and an optional entropy bonus.
 
-Baselines sharing the same configuration: ``RandomMaskAgent`` (Beta(1,1) cells, no policy) and
+Baselines: ``RandomMaskAgent`` (Beta(1,1) cells rendered with the same ``MaskGeometry``, no policy) and
 ``GaussianNoiseAgent`` (additive Gaussian noise). Every draw comes from an explicit ``torch.Generator``.
 """
 
@@ -21,12 +21,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Beta
 
-from rlmask.agents.base import AgentOptimizer, MaskAgent
+from rlmask import runtime
+from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent
+from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
 from rlmask.errors import UserError
 from rlmask.masks import apply_mask, render_mask, scaled_mask_geometry
@@ -38,14 +39,32 @@ EPS = 1e-6  # sampled cells are clamped to [EPS, 1-EPS]: a float32 Beta draw can
 # ---------------------------------------------------------------------------------------------
 # Options
 # ---------------------------------------------------------------------------------------------
+def _check_choices(options, names: tuple[str, ...]) -> None:
+    """UserError naming the first option of ``names`` whose value is not one of its field's choices."""
+    for name in names:
+        choices = type(options).__dataclass_fields__[name].metadata["choices"]
+        if getattr(options, name) not in choices:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(options, name)}: choose from {', '.join(choices)}")
+
+
 @dataclass
-class NoiseConfig:
-    """Options of the PGNM agent (the random-mask and Gaussian-noise baselines use the fields that apply)."""
+class MaskGeometry:
+    """Options of the smooth grid masks shared by PGNM and the random-mask ablation."""
 
     grid: int | None = option(None, "mask grid side G (None: round(64*S/224), at least 4)")
     kernel: int | None = option(None, "odd Gaussian blur kernel size (None: nearest odd to 13*S/224, at least 3)")
     sigma: float | None = option(None, "Gaussian blur sigma in pixels (None: 6*S/224)")
     upsample: str = option("nearest", "grid-to-image upsampling", choices=["nearest", "bilinear"])
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first option that is out of range."""
+        _check_choices(self, ("upsample",))
+
+
+@dataclass
+class NoiseConfig(MaskGeometry):
+    """Options of the PGNM agent."""
+
     base_mix: float = option(0.9, "weight of the running base in the log-parameters: base_mix*base + (1-base_mix)*head")
     base_ema: float = option(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
     policy_input_size: int | None = option(None, "side the policy sees its input at (None: full resolution)")
@@ -65,16 +84,10 @@ class NoiseConfig:
     policy_weight_decay: float = option(1e-4, "policy weight decay")
     policy_optimizer: str = option("sgd", "policy optimiser", choices=["sgd", "adamw", "adam"])
     policy_schedule: str = option("cosine", "policy learning-rate schedule", choices=["cosine", "step", "constant"])
-    # Images are normalised with std 0.3213, so 0.3 normalised units is about 0.1 of the [0, 1] intensity
-    # range: visible noise that keeps the anatomy readable, the usual strength of noise augmentation.
-    noise_std: float = option(0.3, "std of the additive Gaussian noise in normalised units (gaussian-noise only)")
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first option that is out of range."""
-        for name in ("upsample", "objective", "policy_sign", "policy_optimizer", "policy_schedule"):
-            choices = NoiseConfig.__dataclass_fields__[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose from {', '.join(choices)}")
+        _check_choices(self, ("upsample", "objective", "policy_sign", "policy_optimizer", "policy_schedule"))
         checks = [
             ("base_mix", 0 <= self.base_mix <= 1, "must be in [0, 1]"),
             ("base_ema", 0 <= self.base_ema < 1, "must be in [0, 1)"),
@@ -84,7 +97,6 @@ class NoiseConfig:
             ("max_concentration", self.max_concentration > self.min_concentration, "must exceed min_concentration"),
             ("policy_input_size", self.policy_input_size is None or self.policy_input_size >= 8, "must be >= 8"),
             ("policy_lr", self.policy_lr > 0, "must be > 0"),
-            ("noise_std", self.noise_std >= 0, "must be >= 0"),
             ("policy_sign", self.objective == "reinforce" or self.policy_sign == "cooperative",
              "the reference objective is cooperative only"),
             ("entropy_coef", self.objective == "reinforce" or self.entropy_coef == 0,
@@ -221,10 +233,8 @@ class BetaNoisePolicy(nn.Module):
 
     def sync_bases(self) -> None:
         """Average the bases across processes (the reference leaves them per-process and drifting apart)."""
-        if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
-            for base in (self.base_a, self.base_b):
-                torch_dist.all_reduce(base, op=torch_dist.ReduceOp.SUM)
-                base.div_(torch_dist.get_world_size())
+        for base in (self.base_a, self.base_b):
+            runtime.all_reduce_mean_(base)
 
     def distribution(self, log_alpha: torch.Tensor, log_beta: torch.Tensor) -> Beta:
         """Beta(exp(log_alpha), exp(log_beta)) with concentrations clamped to [min, max], in float32.
@@ -281,10 +291,6 @@ def reinforce_policy_loss(
 # ---------------------------------------------------------------------------------------------
 # Agents
 # ---------------------------------------------------------------------------------------------
-def _rank() -> int:
-    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
-
-
 class _SeededAgent(MaskAgent):
     """An agent owning its mask-sampling generator, kept in its state dict for an exact resume."""
 
@@ -301,28 +307,27 @@ class _SeededAgent(MaskAgent):
             device = torch.device("cuda", torch.cuda.current_device())
         if self._rng is None or self._rng.device != device:
             self._rng = torch.Generator(device=device)
-            self._rng.manual_seed(self.seed * 7919 + 104729 * (_rank() + 1))
+            self._rng.manual_seed(runtime.rank_seed(self.seed))
             saved = self._rng_saved
             if saved is not None and saved["device"] == str(device):
                 self._rng.set_state(saved["state"])
-                if saved["rank"] != _rank():  # only rank 0 saves: fork its stream rather than share it
+                if saved["rank"] != runtime.rank():  # only rank 0 saves: fork its stream rather than share it
                     draw = torch.randint(2**62, (1,), generator=self._rng, device=device)
-                    self._rng.manual_seed(int(draw) + _rank())
+                    self._rng.manual_seed(int(draw) + runtime.rank())
         return self._rng
 
     def get_extra_state(self) -> dict | None:
         if self._rng is None:
             return self._rng_saved
-        return {"device": str(self._rng.device), "rank": _rank(), "state": self._rng.get_state()}
+        return {"device": str(self._rng.device), "rank": runtime.rank(), "state": self._rng.get_state()}
 
     def set_extra_state(self, state: dict | None) -> None:
         self._rng, self._rng_saved = None, state
 
 
+@register_agent("pgnm", options=NoiseConfig)
 class NoiseMaskAgent(_SeededAgent):
     """PGNM: a Beta noise-mask policy trained by policy gradient next to the classifier."""
-
-    name = "pgnm"
 
     def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
         super().__init__(seed)
@@ -341,13 +346,13 @@ class NoiseMaskAgent(_SeededAgent):
         return render_mask(cells, tuple(size), kernel=self.geometry["kernel"], sigma=self.geometry["sigma"],
                            upsample=self.cfg.upsample)
 
-    def training_loss(self, model, x, y, criterion):
+    def training_loss(self, x, y, loss_fn):
         """One PGNM step on x (B, C, H, W): sample masks, classify masked images, build the objective's loss."""
         log_alpha, log_beta = self.policy(x)  # (B, G*G) each
         dist = self.policy.distribution(log_alpha, log_beta)
         cells = sample_cells(dist, self.rng(x.device))  # (B, G*G), sampled: no gradient reaches the mask
         mask = self.render(cells, x.shape[-2:])  # (B, 1, H, W)
-        ce = criterion(model(apply_mask(x, mask)), y).float()  # (B,)
+        ce = loss_fn(apply_mask(x, mask), y).float()  # (B,)
         # (B, G*G) each; the entropy needs a gradient only when it is part of the objective
         log_prob, entropy = beta_log_prob_and_entropy(dist, cells, entropy_grad=self.cfg.entropy_coef > 0)
         sign = -1.0 if self.cfg.policy_sign == "cooperative" else 1.0
@@ -387,9 +392,12 @@ class NoiseMaskAgent(_SeededAgent):
         cells = sample_cells(dist, generator).to(x.device)  # (1, G*G)
         return apply_mask(x, self.render(cells, x.shape[-2:]))
 
+    def eval_views(self) -> dict[str, EvalView]:
+        return {"masked": EvalView(self.masked_eval_input)}
+
     @torch.no_grad()
-    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """(cells (B, G*G), mask (B, 1, H, W)) the policy gives x, in eval mode (bases untouched).
+    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """{"cells": (B, G*G), "mask": (B, 1, H, W)} the policy gives x, in eval mode (bases untouched).
 
         Drawn from ``generator`` (None: a CPU generator seeded with the agent's seed; the training
         stream is left alone).
@@ -401,7 +409,7 @@ class NoiseMaskAgent(_SeededAgent):
         finally:
             self.policy.train(was_training)
         cells = sample_cells(dist, generator or torch.Generator().manual_seed(self.seed)).to(x.device)
-        return cells, self.render(cells, x.shape[-2:])
+        return {"cells": cells, "mask": self.render(cells, x.shape[-2:])}
 
     def optimizer_options(self) -> AgentOptimizer:
         c = self.cfg
@@ -412,12 +420,16 @@ class NoiseMaskAgent(_SeededAgent):
         return {"method": self.name, **dataclasses.asdict(self.cfg), **self.geometry}
 
 
+# The two objectives as named methods, both part of the default comparison.
+register_preset("pgnm-reinforce", "pgnm", in_default_comparison=True, objective="reinforce")
+register_preset("pgnm-reference", "pgnm", in_default_comparison=True, objective="reference")
+
+
+@register_agent("random-mask", options=MaskGeometry, in_default_comparison=True)
 class RandomMaskAgent(_SeededAgent):
     """Ablation: Beta(1,1) (uniform) cells rendered like PGNM's masks, no policy."""
 
-    name = "random-mask"
-
-    def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
+    def __init__(self, cfg: MaskGeometry, image_size: int, in_chans: int, seed: int = 0):
         super().__init__(seed)
         cfg.validate()
         self.cfg = cfg
@@ -432,13 +444,15 @@ class RandomMaskAgent(_SeededAgent):
         return cells, render_mask(cells, tuple(size), kernel=g["kernel"], sigma=g["sigma"], upsample=self.cfg.upsample)
 
     @torch.no_grad()
-    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """(cells (B, G*G), mask (B, 1, H, W)) of uniform random masks for x (None: seeded with the agent's seed)."""
-        return self._cells_and_mask(x.shape[0], x.shape[-2:], generator or torch.Generator().manual_seed(self.seed), x.device)
+    def sample_masks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """{"cells": (B, G*G), "mask": (B, 1, H, W)} of uniform random masks for x (None: the agent's seed)."""
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        cells, mask = self._cells_and_mask(x.shape[0], x.shape[-2:], generator, x.device)
+        return {"cells": cells, "mask": mask}
 
-    def training_loss(self, model, x, y, criterion):
+    def training_loss(self, x, y, loss_fn):
         mask = self._mask(x.shape[0], x.shape[-2:], self.rng(x.device), x.device)  # (B, 1, H, W)
-        ce = criterion(model(apply_mask(x, mask)), y).mean()
+        ce = loss_fn(apply_mask(x, mask), y).mean()
         return ce, {"losses/ce": ce.detach(), "policy/mask_mean": mask.mean().detach()}
 
     @torch.no_grad()
@@ -447,23 +461,38 @@ class RandomMaskAgent(_SeededAgent):
         generator = generator or torch.Generator().manual_seed(self.seed)
         return apply_mask(x, self._mask(1, x.shape[-2:], generator, x.device))
 
+    def eval_views(self) -> dict[str, EvalView]:
+        return {"masked": EvalView(self.masked_eval_input)}
+
     def resolved_config(self) -> dict:
         return {"method": self.name, "upsample": self.cfg.upsample, **self.geometry}
 
 
+@dataclass
+class GaussianNoiseOptions:
+    """Options of the Gaussian-noise baseline."""
+
+    # Images are normalised with std 0.3213, so 0.3 normalised units is about 0.1 of the [0, 1] intensity
+    # range: visible noise that keeps the anatomy readable, the usual strength of noise augmentation.
+    noise_std: float = option(0.3, "std of the additive Gaussian noise in normalised units")
+
+    def validate(self) -> None:
+        if not self.noise_std >= 0:
+            raise UserError(f"--noise-std {self.noise_std}: must be >= 0")
+
+
+@register_agent("gaussian-noise", options=GaussianNoiseOptions)
 class GaussianNoiseAgent(_SeededAgent):
     """Baseline: x + N(0, noise_std^2) per pixel and channel, in normalised units."""
 
-    name = "gaussian-noise"
-
-    def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
+    def __init__(self, cfg: GaussianNoiseOptions, image_size: int, in_chans: int, seed: int = 0):
         super().__init__(seed)
         cfg.validate()
         self.cfg = cfg
 
-    def training_loss(self, model, x, y, criterion):
+    def training_loss(self, x, y, loss_fn):
         noise = torch.randn(x.shape, generator=self.rng(x.device), device=x.device, dtype=x.dtype)  # (B, C, H, W)
-        ce = criterion(model(x + self.cfg.noise_std * noise), y).mean()
+        ce = loss_fn(x + self.cfg.noise_std * noise, y).mean()
         return ce, {"losses/ce": ce.detach()}
 
     def resolved_config(self) -> dict:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rlmask.data.pool import Split
 from rlmask.errors import UserError
+from rlmask.runtime import derive_seed
 
 
 class BatchLoader:
@@ -43,7 +44,7 @@ class BatchLoader:
         n = len(self.split)
         if self.shuffle:
             # Fresh generator per (seed, epoch): the order never depends on what ran before.
-            seed = int(np.random.SeedSequence([self.seed % 2**64, epoch]).generate_state(1)[0])
+            seed = derive_seed(self.seed, epoch)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(n)

@@ -106,6 +106,21 @@ class Split:
         return Split(parts, self.labels[index], self.channels, self.image_size)
 
 
+def class_balanced_subset(labels: torch.Tensor, per_class: int | None, generator: torch.Generator) -> torch.Tensor:
+    """Sorted indices (M,) of ``per_class`` random samples of each class in ``labels`` (N,) int64.
+
+    A class with fewer samples gives all it has; ``per_class`` None keeps every sample. The draw
+    depends on the labels and the generator only, never on images or models.
+    """
+    if per_class is None:
+        return torch.arange(len(labels))
+    perm = torch.randperm(len(labels), generator=generator)  # (N,)
+    order = perm[torch.argsort(labels[perm], stable=True)]  # random within each class, classes grouped
+    counts = torch.bincount(labels)
+    rank = torch.arange(len(order)) - (counts.cumsum(0) - counts)[labels[order]]  # position within class
+    return order[rank < per_class].sort().values
+
+
 class Pool:
     """Union of the sources given with ``--data``: classes, channels, image size and splits."""
 
@@ -125,12 +140,8 @@ class Pool:
         """
         if per_class < 1:
             raise ValueError(f"per_class must be positive, got {per_class}")
-        labels = self.splits[split].labels
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))  # (N,)
-        order = perm[torch.argsort(labels[perm], stable=True)]  # random within each class, classes grouped
-        counts = torch.bincount(labels, minlength=len(self.classes))
-        rank = torch.arange(len(order)) - (counts.cumsum(0) - counts)[labels[order]]  # position within class
-        splits = dict(self.splits) | {split: self.splits[split].subset(order[rank < per_class].sort().values)}
+        index = class_balanced_subset(self.splits[split].labels, per_class, torch.Generator().manual_seed(seed))
+        splits = dict(self.splits) | {split: self.splits[split].subset(index)}
         return Pool(self._sources, self.sources, self.classes, self.channels, self.image_size, splits)
 
     def info(self) -> dict:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from rlmask.data.source import RawSplit, Source
 from rlmask.errors import UserError
+from rlmask.runtime import derive_seed
 
 MODALITIES = ("ct", "mri", "xray", "us", "path")
 ORGANS = ("disc", "ring", "bar", "cross", "triangle", "blob")
@@ -56,7 +57,7 @@ def open_synthetic(spec: str) -> Source:
     splits = {}
     for i, (split, n) in enumerate(counts.items()):
         labels = torch.arange(len(classes)).repeat_interleave(n)  # (N,) class-major
-        seed = int(np.random.SeedSequence([o["seed"], i]).generate_state(1)[0])
+        seed = derive_seed(o["seed"], i)
         splits[split] = RawSplit(labels=labels, read=_reader(labels, o["organs"], o["size"], seed))
     return Source(name="synthetic", spec=spec, classes=classes, native_shape=(o["size"], o["size"], 1),
                   splits=splits)

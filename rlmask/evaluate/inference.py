@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from rlmask.data import Augment, BatchLoader, Split
 from rlmask.errors import UserError
-from rlmask.train import distributed as dist
-from rlmask.train.checkpoint import atomic_write_bytes
+from rlmask import runtime as dist
+from rlmask.io import atomic_write_bytes
 from rlmask.evaluate.metrics import classification_metrics
 
 
@@ -27,15 +27,15 @@ def predict_split(
     batch_size: int,
     device: torch.device,
     amp: bool = False,
-    mask_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mask_fn: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None,
     progress: str | None = None,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (N, K) and labels (N,) of a whole split, in split order, on the CPU.
 
     Under torchrun every process scores its share and the shares are gathered, so all processes
-    return the same full result. ``mask_fn`` maps the normalised batch to the input the model sees
-    (masked validation).
+    return the same full result. ``mask_fn`` maps the normalised batch to the input the model sees, or to
+    a list of inputs whose softmax outputs are averaged (masked validation, test-time augmentation).
     """
     rank, world = dist.rank(), dist.world_size()
     was_training = model.training
@@ -48,11 +48,14 @@ def predict_split(
         batches = tqdm(batches, total=len(loader), desc=progress, leave=False, disable=None)
     for x_u8, _ in batches:
         x = transform(x_u8, None)
-        if mask_fn is not None:
-            x = mask_fn(x)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        probs.append(logits.float().softmax(dim=1))
+        views = mask_fn(x) if mask_fn is not None else x
+        views = views if isinstance(views, (list, tuple)) else [views]
+        batch_probs = 0
+        for view in views:  # several views: the mean of their softmax outputs (test-time augmentation)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(view)
+            batch_probs = batch_probs + logits.float().softmax(dim=1)
+        probs.append(batch_probs / len(views) if len(views) > 1 else batch_probs)
     model.train(was_training)
     probs = torch.cat(probs)  # (per_rank, K), padded by repetition on the last ranks
     if world > 1:
@@ -85,7 +88,7 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
                         batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
     from rlmask.data import build_pool
-    from rlmask.train.init import load_classifier
+    from rlmask.models.weights import load_classifier
 
     model, meta = load_classifier(path, model_name)
     pool = build_pool(data_specs, meta.get("image_size"), meta.get("channels"), cache_dir=cache_dir)
@@ -120,7 +123,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
                   device: str = "auto", image_size: int | None = None, amp: bool | None = None) -> int:
     """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count."""
     from rlmask.data.folder import decode_image
-    from rlmask.train.init import load_classifier
+    from rlmask.models.weights import load_classifier
 
     model, meta = load_classifier(path, model_name)
     size = image_size or meta.get("image_size")

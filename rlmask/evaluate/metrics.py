@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The scores every table, log and comparison leads with (one tuple, so they never disagree).
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc", "auroc_ovo")
+
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """AUROC of ``scores`` (n,) for the boolean ``positive`` (n,), or None without both classes.

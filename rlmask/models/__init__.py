@@ -21,7 +21,6 @@ __all__ = [
     "UNet",
     "create_model",
     "list_models",
-    "load_timm_state_dict",
     "register_model",
     "seeded_init",
 ]
@@ -110,40 +109,3 @@ def _create_timm(
             return timm.create_model(name[len("timm:"):], pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except RuntimeError as e:  # timm's "Unknown model (...)"
         raise UserError(f"--model {name}: {e}") from None
-
-
-def _strip_prefix(key: str) -> str:
-    # torch.compile wraps a module as `_orig_mod`, DataParallel/DDP as `module`; either may nest the other.
-    while key.startswith(("_orig_mod.", "module.")):
-        key = key.split(".", 1)[1]
-    return key
-
-
-def load_timm_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
-) -> nn.Module:
-    """Load a timm-style ``state_dict`` into ``model`` strictly, after stripping ``_orig_mod.``/``module.`` prefixes.
-
-    Raises ``UserError`` naming ``source`` (e.g. the checkpoint path) and a few missing, unexpected
-    and shape-mismatched keys when the dict does not fit. Returns ``model``.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise UserError(f"{source}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
-    sd = {_strip_prefix(k): v for k, v in state_dict.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-        if keys
-    ]
-    if problems:
-        raise UserError(f"{source}: does not fit {type(model).__name__}; " + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
-    return model

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from rlmask import __version__
 from rlmask.errors import UserError
+from rlmask.evaluate.metrics import FINAL_METRICS, SUMMARY_METRICS
 from rlmask.report.figures import plot_confusion_matrix, plot_run_curves
-from rlmask.train.checkpoint import atomic_write_bytes
+from rlmask.io import atomic_write_bytes, read_jsonl
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc", "auroc_ovo")
+METRICS = SUMMARY_METRICS
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_precision": "macro precision",
           "macro_recall": "macro recall", "macro_f1": "macro F1", "auroc": "AUROC", "auroc_ovo": "AUROC OvO"}
 # Run options worth a row in the configuration table, in this order (the agent's resolved options follow).
@@ -186,16 +186,6 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def _read_log(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by an interrupted write
-    return records
-
-
 def _commands(folder: Path) -> str:
     path = folder / "command.txt"
     if not path.is_file():
@@ -210,7 +200,7 @@ def _commands(folder: Path) -> str:
 def _run_section(folder: Path, scratch: Path) -> str:
     config = _read_json(folder / "config.json") or {}
     metrics = _read_json(folder / "metrics.json")
-    records = _read_log(folder / "log.jsonl")
+    records = read_jsonl(folder / "log.jsonl")
     pairs = [(k.replace("_", " "), config[k]) for k in RUN_KEYS if k in config and config[k] is not None]
     agent = config.get("agent_resolved") or {}
     agent_pairs = [(k.replace("_", " "), v) for k, v in agent.items() if k != "method" and not isinstance(v, dict)]

@@ -1,8 +1,12 @@
-"""The one training loop every method uses.
+"""The one training loop every method uses, in small named pieces that read top to bottom.
 
-data -> batch on device -> augmentation -> agent (masks, classifier, loss) -> one backward ->
-classifier and agent optimisers step -> logs, validation, checkpoints. Plain training is the
-loop with the no-mask agent; PGNM and the baselines only swap the agent.
+data -> batch on device -> augmentation -> ``agent.train_step`` (the agent masks the batch and makes its
+updates through the step context) -> logs, validation, checkpoints. Plain training is the loop with
+the no-mask agent; every masking method only swaps the agent (and, through it, possibly the task).
+
+``fit`` = ``build_run`` (pool, task, model, agent, optimisers) -> ``restore`` (``--resume``) ->
+per epoch ``train_epoch``, ``validate``, ``end_epoch`` (best.pt, log.jsonl, last.pt) -> ``finish``
+(metrics.json, exports).
 """
 
 from __future__ import annotations
@@ -10,29 +14,25 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rlmask import config as cfgmod
+from rlmask import runtime
 from rlmask.agents.base import AgentOptimizer, MaskAgent
 from rlmask.config import option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
 from rlmask.errors import UserError
-from rlmask.evaluate.inference import evaluate_split
-from rlmask.models import create_model, default_small_stem
-from rlmask.train import distributed as dist
-from rlmask.train.checkpoint import atomic_write_bytes, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from rlmask.train.init import load_init_weights
+from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json
+from rlmask.models import default_small_stem
+from rlmask.models.weights import load_init_weights
 from rlmask.train.schedules import make_scheduler
-
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+from rlmask.train.step import TrainStep
+from rlmask.train.tasks import build_task
 
 
 @dataclass
@@ -91,7 +91,7 @@ class TrainConfig:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A seed for the augmentation of one epoch, independent of everything that ran before."""
-    return int(np.random.SeedSequence([seed, epoch, 0xA06]).generate_state(1)[0])
+    return runtime.derive_seed(seed, epoch, 0xA06)
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -148,94 +148,70 @@ class LogAccumulator:
             return {}
         keys = sorted(self.sums)
         stacked = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
-        dist.all_reduce_mean_(stacked)
+        runtime.all_reduce_mean_(stacked)
         return dict(zip(keys, stacked.tolist()))
 
 
-def train_step(
-    model: nn.Module,
-    agent: MaskAgent,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    criterion: Callable,
-    optimizer: torch.optim.Optimizer,
-    agent_optimizer: torch.optim.Optimizer | None,
-    *,
-    amp: bool = False,
-    clip_grad: float = 0.0,
-    sync_agent_grads: bool = False,
-) -> dict[str, torch.Tensor]:
-    """One update: the agent's loss, one backward, both optimisers step. Returns the step's logs."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss, logs = agent.training_loss(model, x, y, criterion)
-    optimizer.zero_grad(set_to_none=True)
-    if agent_optimizer is not None:
-        agent_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if agent_optimizer is not None and sync_agent_grads:
-        for p in agent.parameters():
-            if p.grad is not None:
-                dist.all_reduce_mean_(p.grad)
-    if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip_grad)
-    optimizer.step()
-    if agent_optimizer is not None:
-        agent_optimizer.step()
-    return logs
+@dataclass
+class Run:
+    """Everything one training run is made of, built once by ``build_run``."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    amp: bool
+    show: bool  # progress output (main process only)
+    pool: Pool
+    task: object
+    model: nn.Module  # the plain module: what is saved
+    agent: MaskAgent
+    step: TrainStep  # the agents' StepContext (holds the optimisers and the wrapped model)
+    scheduler: object
+    agent_scheduler: object | None
+    loader: BatchLoader
+    train_aug: Augment
+    eval_aug: Augment
+    memory_format: torch.memory_format
+    config: dict  # resolved options, as written to config.json
+    data_info: dict
+    model_info: dict
 
 
-def _read_log(path: Path, before_epoch: int) -> list[str]:
-    """Lines of log.jsonl for epochs already completed (a resumed run rewrites the rest)."""
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] < before_epoch:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue
-    return keep
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epoch in progress
+    batch: int = 0  # batches of it already done
+    step: int = 0
+    best: dict = field(default_factory=dict)
+    last_val: dict | None = None
+    logs: LogAccumulator = field(default_factory=LogAccumulator)  # this epoch's running sums
 
 
-def _check_resume_fits(ckpt: dict, cfg_plain: dict, path: str) -> None:
-    old = ckpt.get("config", {})
-    for key in ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size"):
-        if key in old and old.get(key) != cfg_plain.get(key):
-            raise UserError(f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "
-                            f"this run has {key}={cfg_plain.get(key)!r}")
-
-
-def fit(
-    cfg: TrainConfig,
-    make_agent: Callable[[Pool], MaskAgent] = lambda pool: MaskAgent(),
-    *,
-    extra_config: dict | None = None,
-    on_finish: Callable[[nn.Module, MaskAgent, Path], None] | None = None,
-) -> dict:
-    """Train ``cfg.model`` on ``cfg.data`` with the agent built by ``make_agent``; returns metrics.json's content.
-
-    Writes into ``cfg.out``: config.json, log.jsonl (one line per epoch), last.pt, best.pt (by
-    validation macro-F1) and metrics.json ({"val": ..., "test": ...} of the final model).
-    """
-    cfg.validate()
-    device = dist.setup(cfg.device)
-    rank, world = dist.rank(), dist.world_size()
-    main = dist.is_main_process()
-    out = Path(cfg.out)
-    amp = dist.resolve_amp(cfg.amp, device)
-    show = cfg.progress and main
-
+def _pool(cfg: TrainConfig, show: bool) -> Pool:
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)
     if cfg.train_per_class:
         pool = pool.subsample("train", cfg.train_per_class, seed=cfg.seed)
     for split in ("val", "test") if cfg.eval_per_class else ():
         if split in pool.splits:  # the same subset for every seed and method: seed 0
             pool = pool.subsample(split, cfg.eval_per_class, seed=0)
+    return pool
+
+
+def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_name: str = "classify",
+              extra_config: dict | None = None) -> Run:
+    """Pool, task, model and agent on the device, optimisers, schedules and the step context."""
+    device = runtime.setup(cfg.device)
+    world = runtime.world_size()
+    amp = runtime.resolve_amp(cfg.amp, device)
+    show = cfg.progress and runtime.is_main_process()
+    pool = _pool(cfg, show)
     small_stem = cfg.small_stem if cfg.small_stem is not None else default_small_stem(cfg.model, pool.image_size)
 
+    task = build_task(task_name, label_smoothing=cfg.label_smoothing)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = create_model(cfg.model, len(pool.classes), in_chans=pool.channels, small_stem=small_stem)
+    model = task.build_model(cfg.model, len(pool.classes), pool.channels, small_stem)
     agent = make_agent(pool)
     if cfg.init:
         load_init_weights(model, cfg.init)
@@ -244,7 +220,7 @@ def fit(
     agent.to(device, memory_format=memory_format)
 
     loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                         device=device, rank=rank, world_size=world, num_workers=cfg.num_workers)
+                         device=device, rank=runtime.rank(), world_size=world, num_workers=cfg.num_workers)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the training split "
@@ -264,133 +240,208 @@ def fit(
 
     train_model = model
     if world > 1 and cfg.sync_bn:
-        dist.convert_sync_batchnorm(model, device)
+        runtime.convert_sync_batchnorm(model, device)
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if dist.resolve_compile(cfg.compile, device):
+    if runtime.resolve_compile(cfg.compile, device):
         train_model = compile_for_training(train_model, agent)
+    step = TrainStep(train_model, task.loss, optimizer, agent, agent_opt, device=device, amp=amp,
+                     clip_grad=cfg.clip_grad, total_steps=total_steps)
+    torch.manual_seed(runtime.rank_seed(cfg.seed))  # any global-RNG use (dropout), offset by rank
 
-    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-
-    train_aug = Augment(pool.image_size, train=True)
-    eval_aug = Augment(pool.image_size, train=False)
-    torch.manual_seed(cfg.seed * 7919 + 104729 * (rank + 1))  # any global-RNG use (dropout), offset by rank
-
-    cfg_plain = cfgmod.to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size,
-                                        "channels": pool.channels, "world_size": world,
-                                        "steps_per_epoch": steps_per_epoch, "amp": amp, "agent_resolved": agent.resolved_config()} | (extra_config or {})
+    config = to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size, "channels": pool.channels,
+                              "world_size": world, "steps_per_epoch": steps_per_epoch, "amp": amp,
+                              "agent_resolved": agent.resolved_config()} | (extra_config or {})
     data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
                  "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
-    model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes)}
+    model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes), "task": task.name}
+    return Run(cfg, Path(cfg.out), device, amp, show, pool, task, model, agent, step, scheduler, agent_sched, loader,
+               Augment(pool.image_size, train=True), Augment(pool.image_size, train=False), memory_format, config,
+               data_info, model_info)
 
-    epoch, batch, step = 0, 0, 0
-    logs = LogAccumulator()  # this epoch's running sums, saved in mid-epoch checkpoints
-    best = {"epoch": None, "macro_f1": -math.inf}
-    last_val = None
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume, "--resume")
-        _check_resume_fits(ckpt, cfg_plain, cfg.resume)
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("agent"):
-                agent.load_state_dict(ckpt["agent"])
-            if agent_opt is not None:
-                agent_opt.load_state_dict(ckpt["agent_optimizer"])
-                agent_sched.load_state_dict(ckpt["agent_scheduler"])
-            epoch, batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            raise UserError(f"--resume {cfg.resume}: does not fit this run ({reason})") from None
-        best, last_val = ckpt.get("best", best), ckpt.get("metrics")
-        if ckpt.get("epoch_logs"):
-            logs.load_state_dict(ckpt["epoch_logs"], device)
-        restore_rng(ckpt["rng_state"])
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfgmod.write_json(out / "config.json", cfg_plain)
-    log_path = out / "log.jsonl"
-    log_lines = _read_log(log_path, epoch) if main else []
+RESUME_KEYS = ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size")
 
-    def checkpoint_state() -> dict:
-        return {"kind": "rlmask", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch, "step": step,
-                "config": cfg_plain, "rng_state": capture_rng(), "metrics": last_val, "best": best,
-                "agent": agent.state_dict() or None,
-                "agent_optimizer": agent_opt.state_dict() if agent_opt else None,
-                "agent_scheduler": agent_sched.state_dict() if agent_sched else None,
-                "data": data_info, "model_info": model_info, "epoch_logs": logs.state_dict()}
 
-    def eval_kwargs(progress_name: str | None) -> dict:
-        return dict(batch_size=cfg.eval_batch_size, device=device, amp=amp,
-                    progress=progress_name if show else None, num_workers=cfg.num_workers)
+def restore(run: Run, path: str) -> Progress:
+    """The progress saved in checkpoint ``path``, with every network, optimiser, schedule and RNG restored."""
+    ckpt = load_checkpoint(path, "--resume")
+    old = ckpt.get("config", {})
+    for key in RESUME_KEYS:
+        if key in old and old.get(key) != run.config.get(key):
+            raise UserError(f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "
+                            f"this run has {key}={run.config.get(key)!r}")
+    step = run.step
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        step.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("agent"):
+            run.agent.load_state_dict(ckpt["agent"])
+        if step.agent_optimizer is not None:
+            step.agent_optimizer.load_state_dict(ckpt["agent_optimizer"])
+            run.agent_scheduler.load_state_dict(ckpt["agent_scheduler"])
+        progress = Progress(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt.get("best") or initial_best(run.task),
+                            ckpt.get("metrics"))
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UserError(f"--resume {path}: does not fit this run ({reason})") from None
+    if ckpt.get("epoch_logs"):
+        progress.logs.load_state_dict(ckpt["epoch_logs"], run.device)
+    runtime.restore_rng(ckpt["rng_state"])
+    return progress
 
-    has_masked_eval = type(agent).masked_eval_input is not MaskAgent.masked_eval_input
-    while epoch < cfg.epochs:
-        model.train()
-        agent.train()
-        start = time.perf_counter()
-        # One crop per sample and epoch, drawn before the epoch: the same crops whatever the number of
-        # processes, and nothing to save for an exact resume.
-        crops = train_aug.sample(len(pool.splits["train"]), torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-        order = loader.indices(epoch)  # (per_rank,) this process's samples in batch order
-        bar = tqdm(loader.epoch(epoch, start_batch=batch), total=steps_per_epoch, initial=batch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if show else True)
-        for x_u8, y in bar:
-            theta = crops[order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]]  # (B, 2, 3)
-            x = train_aug(x_u8, theta=theta).contiguous(memory_format=memory_format)  # (B, C, S, S) normalised
-            step_logs = train_step(train_model, agent, x, y, criterion, optimizer, agent_opt, amp=amp,
-                                   clip_grad=cfg.clip_grad, sync_agent_grads=world > 1)
-            scheduler.step()
-            if agent_sched is not None:
-                agent_sched.step()
-            logs.add(step_logs)
-            batch += 1
-            step += 1
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch < steps_per_epoch and main:
-                save_checkpoint(out / "last.pt", checkpoint_state())
-        bar.close()
-        train_seconds = time.perf_counter() - start
-        train_logs = logs.means()
 
-        val_split = pool.splits["val"]
-        dist.broadcast_buffers(model)  # evaluate (on every process's share) what rank 0 saves
-        last_val = evaluate_split(model, val_split, pool.classes, eval_aug, **eval_kwargs("val"))
-        record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], "train_seconds": round(train_seconds, 3),
-                  **train_logs, **{f"val/{k}": last_val[k] for k in SUMMARY_KEYS}}
-        masked_gen = torch.Generator().manual_seed(cfg.seed * 31 + epoch)
-        if has_masked_eval:
-            masked = evaluate_split(model, val_split, pool.classes, eval_aug,
-                                    mask_fn=lambda x: agent.masked_eval_input(x, masked_gen), **eval_kwargs("val masked"))
-            record |= {f"val_masked/{k}": masked[k] for k in SUMMARY_KEYS}
-        epoch += 1
-        batch = 0
-        logs = LogAccumulator()
-        improved = last_val["macro_f1"] > best["macro_f1"]
-        if improved:
-            best = {"epoch": epoch - 1, "macro_f1": last_val["macro_f1"]}
-        if main:
-            log_lines.append(json.dumps(record))
-            atomic_write_bytes(log_path, ("\n".join(log_lines) + "\n").encode())
-            state = checkpoint_state()
-            save_checkpoint(out / "last.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", state)
-            if show:
-                summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("losses/", "val/")))
-                tqdm.write(f"epoch {epoch}/{cfg.epochs} ({train_seconds:.1f}s): {summary}")
+def initial_best(task) -> dict:
+    return {"epoch": None, task.best_metric: -math.inf if task.maximize else math.inf}
 
-    dist.broadcast_buffers(model)
-    metrics = {"val": evaluate_split(model, pool.splits["val"], pool.classes, eval_aug, **eval_kwargs("val")),
-               "test": (evaluate_split(model, pool.splits["test"], pool.classes, eval_aug, **eval_kwargs("test"))
-                        if "test" in pool.splits else None),
-               "best": best}
-    if main:
-        cfgmod.write_json(out / "metrics.json", metrics)
+
+def checkpoint_state(run: Run, progress: Progress) -> dict:
+    """The checkpoint schema (see the README): enough to continue exactly where ``progress`` stands."""
+    step = run.step
+    return {"kind": "rlmask", "model": run.model.state_dict(), "optimizer": step.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "epoch": progress.epoch, "batch": progress.batch,
+            "step": progress.step, "config": run.config, "rng_state": runtime.capture_rng(),
+            "metrics": progress.last_val, "best": progress.best, "agent": run.agent.state_dict() or None,
+            "agent_optimizer": step.agent_optimizer.state_dict() if step.agent_optimizer else None,
+            "agent_scheduler": run.agent_scheduler.state_dict() if run.agent_scheduler else None,
+            "data": run.data_info, "model_info": run.model_info, "epoch_logs": progress.logs.state_dict()}
+
+
+def train_epoch(run: Run, progress: Progress) -> float:
+    """The batches of ``progress.epoch`` from ``progress.batch`` on; returns the seconds it took."""
+    cfg, epoch = run.cfg, progress.epoch
+    run.model.train()
+    run.agent.train()
+    start = time.perf_counter()
+    # One crop per sample and epoch, drawn before the epoch: the same crops whatever the number of
+    # processes, and nothing to save for an exact resume.
+    n_train = len(run.pool.splits["train"])
+    crops = run.train_aug.sample(n_train, torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+    order = run.loader.indices(epoch)  # (per_rank,) this process's samples in batch order
+    steps_per_epoch = len(run.loader)
+    bar = tqdm(run.loader.epoch(epoch, start_batch=progress.batch), total=steps_per_epoch, initial=progress.batch,
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if run.show else True)
+    for x_u8, y in bar:
+        theta = crops[order[progress.batch * cfg.batch_size:(progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
+        x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S) normalised
+        progress.logs.add(run.agent.train_step(run.step.begin(epoch, progress.step), x, y))
+        run.scheduler.step()
+        if run.agent_scheduler is not None:
+            run.agent_scheduler.step()
+        progress.batch += 1
+        progress.step += 1
+        mid_epoch = progress.batch < steps_per_epoch
+        if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and mid_epoch and runtime.is_main_process():
+            save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
+    bar.close()
+    return time.perf_counter() - start
+
+
+def _eval_kwargs(run: Run, progress_name: str | None) -> dict:
+    return dict(batch_size=run.cfg.eval_batch_size, device=run.device, amp=run.amp,
+                progress=progress_name if run.show else None, num_workers=run.cfg.num_workers)
+
+
+def _view_fn(view, generator: torch.Generator):
+    return lambda x: view.fn(x, generator)
+
+
+def validate(run: Run, progress: Progress) -> dict:
+    """Validation metrics of the epoch just trained (``progress.last_val``) and its log record's scores."""
+    split, classes, epoch = run.pool.splits["val"], run.pool.classes, progress.epoch
+    runtime.broadcast_buffers(run.model)  # evaluate (on every process's share) what rank 0 saves
+    progress.last_val = run.task.validate(run.model, split, classes, run.eval_aug, **_eval_kwargs(run, "val"))
+    record = {f"val/{k}": progress.last_val[k] for k in run.task.summary_metrics}
+    for name, view in run.agent.eval_views().items():  # e.g. PGNM's base mask: val_masked/...
+        generator = torch.Generator().manual_seed(run.cfg.seed * 31 + epoch)
+        scores = run.task.validate(run.model, split, classes, run.eval_aug, view=_view_fn(view, generator),
+                                   **_eval_kwargs(run, f"val {name}"))
+        record |= {f"val_{name}/{k}": scores[k] for k in run.task.summary_metrics}
+    return record
+
+
+def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str]) -> None:
+    """Close the epoch: best.pt when the task's metric improved, log.jsonl, last.pt, a summary line."""
+    task = run.task
+    value, best = progress.last_val[task.best_metric], progress.best[task.best_metric]
+    improved = value > best if task.maximize else value < best
+    if improved:
+        progress.best = {"epoch": progress.epoch, task.best_metric: value}
+    progress.epoch += 1
+    progress.batch = 0
+    progress.logs = LogAccumulator()
+    if not runtime.is_main_process():
+        return
+    log_lines.append(json.dumps(record))
+    atomic_write_bytes(run.out / "log.jsonl", ("\n".join(log_lines) + "\n").encode())
+    state = checkpoint_state(run, progress)
+    save_checkpoint(run.out / "last.pt", state)
+    if improved:
+        save_checkpoint(run.out / "best.pt", state)
+    if run.show:
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("losses/", "val/")))
+        tqdm.write(f"epoch {progress.epoch}/{run.cfg.epochs} ({record['train_seconds']:.1f}s): {summary}")
+
+
+def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
+    """metrics.json of the final model on val and test (and under the agent's final views); exports."""
+    runtime.broadcast_buffers(run.model)
+    splits, classes = run.pool.splits, run.pool.classes
+    metrics = {}
+    for split in ("val", "test"):
+        if split in splits:
+            metrics[split] = run.task.validate(run.model, splits[split], classes, run.eval_aug,
+                                               **_eval_kwargs(run, split))
+        else:
+            metrics[split] = None
+    metrics["best"] = progress.best
+    for name, view in run.agent.eval_views().items():
+        for split in ("val", "test") if view.final else ():
+            if split in splits:
+                generator = torch.Generator().manual_seed(run.cfg.seed * 31 + run.cfg.epochs)
+                metrics[f"{split}_{name}"] = run.task.validate(run.model, splits[split], classes, run.eval_aug,
+                                                               view=_view_fn(view, generator),
+                                                               **_eval_kwargs(run, f"{split} {name}"))
+    if runtime.is_main_process():
+        write_json(run.out / "metrics.json", metrics)
         if on_finish is not None:
-            on_finish(model, agent, out)
-    dist.barrier()
+            on_finish(run)
+    runtime.barrier()
     return metrics
+
+
+def _completed_log_lines(path: Path, before_epoch: int) -> list[str]:
+    """log.jsonl lines of epochs already completed (a resumed run rewrites the rest)."""
+    return [json.dumps(r) for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] < before_epoch]
+
+
+def fit(
+    cfg: TrainConfig,
+    make_agent: Callable[[Pool], MaskAgent] = lambda pool: MaskAgent(),
+    *,
+    task: str = "classify",
+    extra_config: dict | None = None,
+    on_finish: Callable[[Run], None] | None = None,
+) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` with the agent built by ``make_agent``; returns metrics.json's content.
+
+    Writes into ``cfg.out``: config.json, log.jsonl (one line per epoch), last.pt, best.pt (by the
+    task's validation metric) and metrics.json ({"val": ..., "test": ..., "best": ...} of the final model).
+    """
+    cfg.validate()
+    run = build_run(cfg, make_agent, task, extra_config)
+    progress = restore(run, cfg.resume) if cfg.resume else Progress(best=initial_best(run.task))
+    log_lines = []
+    if runtime.is_main_process():
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_json(run.out / "config.json", run.config)
+        log_lines = _completed_log_lines(run.out / "log.jsonl", progress.epoch)
+    while progress.epoch < cfg.epochs:
+        seconds = train_epoch(run, progress)
+        train_logs = progress.logs.means()
+        scores = validate(run, progress)
+        record = {"epoch": progress.epoch, "step": progress.step, "lr": run.scheduler.get_last_lr()[0],
+                  "train_seconds": round(seconds, 3), **train_logs, **scores}
+        end_epoch(run, progress, record, log_lines)
+    return finish(run, progress, on_finish)

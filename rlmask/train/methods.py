@@ -1,31 +1,32 @@
 """Pretraining with a masking agent (``rlmask pretrain``) and fine-tuning on clean images (``rlmask finetune``).
 
-Pretraining is the one loop of ``loop.py`` with the agent of ``--method``; its classifier is the
-*heated* model. Fine-tuning is the same loop with the plain agent, started from ``--init`` and with
-the reference's fine-tuning schedule as defaults.
+Pretraining is the one loop of ``loop.py`` with the agent of ``--method`` (any registered agent, with its
+own options in ``PretrainConfig.agent``) on that agent's task; its exported model is the *heated* model.
+Fine-tuning is the same loop with the plain agent, started from ``--init`` and with the reference's
+fine-tuning schedule as defaults.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-
-from rlmask.agents import METHODS, NoiseConfig, build_agent
-from rlmask.config import option, to_plain
+from rlmask.agents import AGENTS, get_agent
+from rlmask.config import option
 from rlmask.errors import UserError
-from rlmask.train.checkpoint import save_checkpoint
-from rlmask.train.loop import TrainConfig, fit
+from rlmask.io import save_checkpoint, to_plain
+from rlmask.train.loop import Run, TrainConfig, fit
 
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """Options of ``rlmask pretrain``: ``rlmask train``'s, the method and the agent's."""
+    """Options of ``rlmask pretrain``: ``rlmask train``'s, the method and the agent's own options."""
 
-    method: str = option("pgnm", "masking method", choices=list(METHODS))
+    method: str = option("pgnm", "masking method (a registered agent; its options follow it)", choices=list(AGENTS))
     out: str = option("runs/pretrain", "output directory", metavar="DIR")
-    agent: NoiseConfig = field(default_factory=NoiseConfig)
+    # The agent's own options as plain data ({name: value}); on the command line they are the flags of
+    # the agent named by --method, checked against its options dataclass.
+    agent: dict = field(default_factory=dict, metadata={"cli": False, "help": "options of the agent"})
 
 
 @dataclass
@@ -40,22 +41,24 @@ class FinetuneConfig(TrainConfig):
     out: str = option("runs/finetune", "output directory", metavar="DIR")
 
 
-def _save_heated(model: torch.nn.Module, agent: torch.nn.Module, out: Path) -> None:
-    """heated.pt: the classifier alone (timm key names); policy.pt: the agent's state."""
-    save_checkpoint(out / "heated.pt", model.state_dict())
-    if agent.state_dict():
-        save_checkpoint(out / "policy.pt", {"agent": agent.state_dict(), "config": agent.resolved_config()})
+def export_heated(run: Run) -> None:
+    """heated.pt: what the task exports (the classifier for classify); policy.pt: the agent's state."""
+    run.task.export(run.model, run.out)
+    if run.agent.state_dict():
+        save_checkpoint(run.out / "policy.pt", {"agent": run.agent.state_dict(), "config": run.agent.resolved_config()})
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
     """Pretrain with the agent of ``cfg.method``; writes heated.pt and policy.pt beside the loop's files."""
-    cfg.agent.validate()
-    options = to_plain(cfg.agent)
+    spec = get_agent(cfg.method)
+    options = spec.make_options(cfg.agent)  # a bad option fails here, before any work
+    cfg = dataclasses.replace(cfg, agent=to_plain(options) if options is not None else {})  # all, resolved
 
     def make_agent(pool):
-        return build_agent(cfg.method, pool.image_size, pool.channels, seed=cfg.seed, **options)
+        return spec.build(pool.image_size, pool.channels, seed=cfg.seed, options=cfg.agent)
 
-    return fit(cfg, make_agent, extra_config={"method": cfg.method}, on_finish=_save_heated)
+    extra = {"method": cfg.method, "task": spec.task}
+    return fit(cfg, make_agent, task=spec.task, extra_config=extra, on_finish=export_heated)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:

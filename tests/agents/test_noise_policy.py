@@ -12,6 +12,8 @@ from rlmask.agents.noise import (
     EPS,
     BetaNoisePolicy,
     GaussianNoiseAgent,
+    GaussianNoiseOptions,
+    MaskGeometry,
     NoiseConfig,
     NoiseMaskAgent,
     RandomMaskAgent,
@@ -29,6 +31,11 @@ S, C, B = 16, 1, 4  # tiny images: 16 px -> grid round(64*16/224) = 5, 25 cells
 
 def criterion(logits, y):
     return F.cross_entropy(logits, y, reduction="none")
+
+
+def loss_of(model):
+    """The task loss an agent's step receives: per-sample cross-entropy of ``model``."""
+    return lambda x, y: criterion(model(x), y)
 
 
 def tiny_classifier(seed=0):
@@ -114,7 +121,7 @@ def test_saturated_policy_gives_finite_loss_and_gradients(objective, value):
     saturate_heads(agent, value)
     for seed in range(3):
         x, y = batch(seed)
-        loss, logs = agent.training_loss(model, x, y, criterion)
+        loss, logs = agent.training_loss(x, y, loss_of(model))
         agent.zero_grad()
         model.zero_grad()
         loss.backward()
@@ -137,7 +144,7 @@ def test_reference_loss_equals_hand_computation():
 def test_reference_step_is_the_product_and_trains_both_networks():
     agent, model = make_agent(objective="reference"), tiny_classifier()
     x, y = batch()
-    loss, logs = agent.training_loss(model, x, y, criterion)
+    loss, logs = agent.training_loss(x, y, loss_of(model))
     # the logged log-probability is the reference's mean logsumexp over cells
     torch.testing.assert_close(loss.detach(), logs["policy/log_prob"] * logs["losses/ce"])
     loss.backward()
@@ -149,7 +156,7 @@ def test_reference_step_is_the_product_and_trains_both_networks():
 def test_reinforce_classifier_loss_is_plain_ce_and_mask_carries_no_policy_gradient():
     agent, model = make_agent(), Recorder()
     x, y = batch()
-    loss, logs = agent.training_loss(model, x, y, criterion)
+    loss, logs = agent.training_loss(x, y, loss_of(model))
     assert not model.seen_raw.requires_grad  # x * M: the policy gets no gradient through the image
     # First batch: the baseline is the batch's own mean reward.
     torch.testing.assert_close(logs["policy/baseline"], logs["policy/reward"])
@@ -165,7 +172,7 @@ def test_baseline_is_a_running_mean_updated_after_use():
     agent, model = make_agent(baseline_momentum=0.9), tiny_classifier()
     rewards, baselines = [], []
     for seed in range(3):
-        _, logs = agent.training_loss(model, *batch(seed), criterion)
+        _, logs = agent.training_loss(*batch(seed), loss_of(model))
         rewards.append(logs["policy/reward"].item())
         baselines.append(logs["policy/baseline"].item())
     assert baselines[0] == pytest.approx(rewards[0])
@@ -192,13 +199,13 @@ def test_reinforce_learns_a_known_best_mask():
     probe = images()
 
     def half_means():
-        cells, _ = agent.sample_masks(probe, torch.Generator().manual_seed(0))
+        cells = agent.sample_masks(probe, torch.Generator().manual_seed(0))["cells"]
         grid = cells.view(-1, 4, 4)  # columns 0-1 cover the left half
         return grid[..., :2].mean().item(), grid[..., 2:].mean().item()
 
     left0, right0 = half_means()
     for _ in range(60):
-        loss, _ = agent.training_loss(model, images(), y, criterion)
+        loss, _ = agent.training_loss(images(), y, loss_of(model))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -212,7 +219,7 @@ def test_adversarial_sign_flips_the_reward_and_the_policy_loss():
     results = {}
     for sign in ("cooperative", "adversarial"):
         agent = make_agent(policy_sign=sign)
-        _, results[sign] = agent.training_loss(tiny_classifier(), x, y, criterion)
+        _, results[sign] = agent.training_loss(x, y, loss_of(tiny_classifier()))
     coop, adv = results["cooperative"], results["adversarial"]
     torch.testing.assert_close(coop["losses/ce"], adv["losses/ce"])  # same seed: same masks
     torch.testing.assert_close(adv["policy/reward"], -coop["policy/reward"])
@@ -242,7 +249,7 @@ def test_ema_base_update_for_one_step_and_heads_run_once():
     torch.testing.assert_close(policy.base_b, 0.99 * old_b + 0.01 * outputs["b"].mean(0, keepdim=True))
 
     calls.update(a=0, b=0)
-    agent.training_loss(tiny_classifier(), *batch(), criterion)
+    agent.training_loss(*batch(), loss_of(tiny_classifier()))
     assert calls == {"a": 1, "b": 1}
 
     policy.eval()  # evaluation leaves the bases alone
@@ -288,7 +295,8 @@ def test_sample_masks_shapes_and_no_base_update():
     agent = make_agent()
     agent.train()
     before = agent.policy.base_a.clone()
-    cells, mask = agent.sample_masks(batch()[0], torch.Generator().manual_seed(0))
+    sampled = agent.sample_masks(batch()[0], torch.Generator().manual_seed(0))
+    cells, mask = sampled["cells"], sampled["mask"]
     assert cells.shape == (B, 25) and mask.shape == (B, 1, S, S)
     assert torch.equal(agent.policy.base_a, before) and agent.policy.training
 
@@ -296,12 +304,12 @@ def test_sample_masks_shapes_and_no_base_update():
 def test_mask_stream_resumes_exactly_from_the_state_dict():
     model, (x, y) = tiny_classifier(), batch()
     first = make_agent()
-    first.training_loss(model, x, y, criterion)
+    first.training_loss(x, y, loss_of(model))
     state = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in first.state_dict().items()}
-    _, expected = first.training_loss(model, x, y, criterion)
+    _, expected = first.training_loss(x, y, loss_of(model))
     resumed = make_agent()
     resumed.load_state_dict(state)
-    _, got = resumed.training_loss(model, x, y, criterion)
+    _, got = resumed.training_loss(x, y, loss_of(model))
     for k in expected:
         torch.testing.assert_close(got[k], expected[k])
 
@@ -322,9 +330,9 @@ def test_config_validation_options_and_resolved_config():
 
 # --- baselines ----------------------------------------------------------------------------------------
 def test_random_mask_agent_masks_with_uniform_cells():
-    agent, model = RandomMaskAgent(NoiseConfig(), S, C, seed=0), Recorder()
+    agent, model = RandomMaskAgent(MaskGeometry(), S, C, seed=0), Recorder()
     x, y = torch.ones(B, C, S, S), batch()[1]
-    loss, logs = agent.training_loss(model, x, y, criterion)
+    loss, logs = agent.training_loss(x, y, loss_of(model))
     loss.backward()
     assert model.linear[1].weight.grad.abs().sum() > 0 and agent.optimizer_options() is None
     assert model.seen.min() >= 0 and model.seen.max() <= 1 and not torch.equal(model.seen[0], model.seen[1])
@@ -335,14 +343,14 @@ def test_random_mask_agent_masks_with_uniform_cells():
 
 
 def test_gaussian_noise_agent_adds_noise_of_the_configured_std():
-    agent, model = GaussianNoiseAgent(NoiseConfig(noise_std=0.5), S, C, seed=0), Recorder()
+    agent, model = GaussianNoiseAgent(GaussianNoiseOptions(noise_std=0.5), S, C, seed=0), Recorder()
     x, y = batch()
-    loss, logs = agent.training_loss(model, x, y, criterion)
+    loss, logs = agent.training_loss(x, y, loss_of(model))
     noise = model.seen - x
     assert noise.std().item() == pytest.approx(0.5, rel=0.1)  # B*C*S*S = 1024 draws
     assert abs(noise.mean().item()) < 0.1
     torch.testing.assert_close(logs["losses/ce"], criterion(model.linear(model.seen), y).mean())
-    assert agent.masked_eval_input(x) is None and agent.resolved_config() == {"method": "gaussian-noise",
+    assert agent.eval_views() == {} and agent.sample_masks(x, None) is None and agent.resolved_config() == {"method": "gaussian-noise",
                                                                               "noise_std": 0.5}
 
 

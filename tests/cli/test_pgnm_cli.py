@@ -147,7 +147,7 @@ def test_bench_rejects_an_unknown_setting_from_a_config_file(tmp_path, capsys):
     config.write_text("vary: [precision]\n")
     assert main(["bench", "--config", str(config), "--pipeline-batches", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --vary precision: choose from amp, channels_last, compile, threads"
+    assert err == f"error: --config {config}: vary = ['precision']: choose from amp, channels_last, compile, threads"
 
 
 def test_transfer_and_report_commands(pgnm_run, tmp_path, capsys):

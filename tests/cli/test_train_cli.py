@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from rlmask.cli import main
-from rlmask.train.distributed import native_bf16
+from rlmask.runtime import native_bf16
 
 TINY = ["--data", "synthetic:n=24,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
         "--no-progress", "--seed", "3"]

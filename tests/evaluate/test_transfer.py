@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlmask.errors import UserError
-from rlmask.evaluate.transfer import (
+from rlmask.experiments.transfer import (
     METRICS,
     TransferConfig,
     checkpoint_labels,
@@ -14,7 +14,7 @@ from rlmask.evaluate.transfer import (
     parse_shots,
     run_transfer,
 )
-from rlmask.train.checkpoint import load_checkpoint, save_checkpoint
+from rlmask.io import load_checkpoint, save_checkpoint
 from rlmask.train.loop import TrainConfig, fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

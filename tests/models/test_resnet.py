@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from rlmask.errors import UserError
-from rlmask.models import create_model, list_models, load_timm_state_dict, register_model
+from rlmask.models import create_model, list_models, register_model
+from rlmask.models.weights import load_init_weights
 from rlmask.models.resnet import Conv2d
 
 
@@ -164,26 +165,27 @@ def test_generator_makes_initial_weights_reproducible_without_touching_global_rn
     assert not torch.equal(a.fc.weight, c.fc.weight)
 
 
-def test_load_timm_state_dict_strips_compile_and_ddp_prefixes():
+def test_init_weights_strip_compile_and_ddp_prefixes(tmp_path):
     src = create_model("resnet10t", 3, in_chans=1, small_stem=True, generator=torch.Generator().manual_seed(0)).eval()
     dst = create_model("resnet10t", 3, in_chans=1, small_stem=True, generator=torch.Generator().manual_seed(1)).eval()
     x = rand(2, 1, 32, 32)
     assert not torch.equal(src(x), dst(x))
-    load_timm_state_dict(dst, {f"_orig_mod.{k}": v for k, v in src.state_dict().items()})
+    torch.save({f"_orig_mod.{k}": v for k, v in src.state_dict().items()}, tmp_path / "a.pt")
+    load_init_weights(dst, tmp_path / "a.pt")
     assert torch.equal(src(x), dst(x))
     other = create_model("resnet10t", 3, in_chans=1, small_stem=True)
-    load_timm_state_dict(other, {f"module._orig_mod.{k}": v for k, v in src.state_dict().items()})
+    torch.save({f"module._orig_mod.{k}": v for k, v in src.state_dict().items()}, tmp_path / "b.pt")
+    load_init_weights(other, tmp_path / "b.pt")
     assert torch.equal(src(x), other.eval()(x))
 
 
-def test_load_timm_state_dict_names_what_does_not_fit():
-    sd = create_model("resnet18", 10).state_dict()
-    with pytest.raises(UserError, match=r"ckpt\.pt: .*shape mismatch \(2\): fc\.weight \(10, 512\) vs \(5, 512\)"):
-        load_timm_state_dict(create_model("resnet18", 5), sd, source="ckpt.pt")
-    with pytest.raises(UserError, match=r"state dict: does not fit ResNet; missing \(\d+\): layer1\.2\.conv1\.weight"):
-        load_timm_state_dict(create_model("resnet34", 10), sd)
-    with pytest.raises(UserError, match=r"; unexpected \(\d+\): layer1\.2\.conv1\.weight"):
-        load_timm_state_dict(create_model("resnet18", 10), create_model("resnet34", 10).state_dict())
+def test_init_weights_name_what_does_not_fit(tmp_path):
+    torch.save(create_model("resnet18", 10).state_dict(), tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match=r"ckpt\.pt: does not fit the model: missing layer1\.2\.conv1\.weight"):
+        load_init_weights(create_model("resnet34", 10), tmp_path / "ckpt.pt")
+    torch.save(create_model("resnet34", 10).state_dict(), tmp_path / "big.pt")
+    with pytest.raises(UserError, match=r"big\.pt: does not fit the model: unexpected layer1\.2\.conv1\.weight"):
+        load_init_weights(create_model("resnet18", 10), tmp_path / "big.pt")
 
 
 def test_unknown_model_is_a_user_error():

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from rlmask.errors import UserError
-from rlmask.train.checkpoint import load_checkpoint
+from rlmask.io import load_checkpoint
+from rlmask.models import create_model
 
 # Reference normalisation (mean, std) on every channel, used when a checkpoint does not say.
 DEFAULT_NORM = (0.3162, 0.3213)
@@ -37,9 +38,9 @@ def extract_state_dict(obj: dict) -> dict[str, torch.Tensor]:
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
             continue
-        for prefix in ("_orig_mod.", "module."):
-            while name.startswith(prefix):
-                name = name[len(prefix):]
+        # torch.compile wraps a module as `_orig_mod`, DDP as `module`; either may nest the other.
+        while name.startswith(("_orig_mod.", "module.")):
+            name = name.split(".", 1)[1]
         state[name] = value
     return state
 
@@ -97,8 +98,6 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     Returns ``(model in eval mode on the CPU, {"classes", "channels", "image_size", "mean", "std", "small_stem", "model"})``
     where unknown entries are None.
     """
-    from rlmask.models import create_model  # late import: models import nothing from train
-
     path = Path(path)
     obj = load_checkpoint(path, option)
     if obj.get("kind") == "rlmask":

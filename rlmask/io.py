@@ -1,19 +1,14 @@
-"""Checkpoints: an explicit schema, atomic writes, and loading with one-line errors.
+"""The ground floor for files: atomic writes, JSON and JSON-lines, checkpoints on disk.
 
-Schema of a training checkpoint (``last.pt``, ``best.pt``)::
-
-    {"kind": "rlmask", "model": state_dict, "optimizer": ..., "scheduler": ..., "epoch": int,
-     "step": int, "batch": int, "config": dict, "rng_state": dict, "metrics": dict,
-     "agent": state_dict | None, "agent_optimizer": ..., "agent_scheduler": ...,
-     "data": {"classes", "channels", "image_size", "mean", "std"}, "model_info": {"name", "small_stem"}}
-
-``epoch`` is the epoch in progress and ``batch`` the number of its batches already done, so a
-checkpoint written mid-epoch resumes at the next batch.
+Everything rlmask writes goes through ``atomic_write_bytes`` (a temporary file in the same folder, then
+a rename), so a crash or a full disk never leaves a torn file where a good one stood.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -25,12 +20,11 @@ import torch
 
 from rlmask.errors import UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +40,39 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, paths and tuples as JSON-able plain data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
+    atomic_write_bytes(Path(path), (json.dumps(to_plain(data), indent=2) + "\n").encode())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (log.jsonl); a missing file is empty and a torn or non-object
+    line (a write cut by a kill) is skipped."""
+    path = Path(path)
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -68,18 +95,3 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     if not isinstance(obj, dict):
         raise UserError(f"{what} {path}: expected a dict (checkpoint or state dict), found {type(obj).__name__}")
     return obj
-
-
-def capture_rng() -> dict[str, Any]:
-    """The global torch RNG (CPU and CUDA). Data order, crops and masks have generators of their own
-    (derived from seed and epoch, or kept in the agent's state); this covers anything else (dropout)."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -29,19 +29,24 @@ from torch import nn
 from tqdm import tqdm
 
 from rlmask.agents.base import MaskAgent
-from rlmask.config import option, to_plain, write_json
+from rlmask.data.pool import class_balanced_subset
+from rlmask.config import option
+from rlmask.io import to_plain, write_json
 from rlmask.data import Augment, BatchLoader, Pool, Split, build_pool
 from rlmask.errors import UserError
 from rlmask.evaluate.inference import evaluate_split
-from rlmask.evaluate.metrics import classification_metrics, mean_ci
+from rlmask.evaluate.metrics import SUMMARY_METRICS, classification_metrics, mean_ci
 from rlmask.report.figures import plot_transfer
-from rlmask.train.checkpoint import atomic_write_bytes
-from rlmask.train.distributed import pick_device, resolve_amp
-from rlmask.train.init import load_classifier
-from rlmask.train.loop import make_optimizer, train_step
+from rlmask.io import atomic_write_bytes
+from rlmask.runtime import pick_device, resolve_amp
+from rlmask.models.weights import load_classifier
+from rlmask.runtime import derive_seed
+from rlmask.train.loop import make_optimizer
 from rlmask.train.schedules import make_scheduler
+from rlmask.train.step import TrainStep
+from rlmask.train.tasks import ClassifyTask
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+METRICS = SUMMARY_METRICS
 MODES = ("linear", "finetune")
 DEFAULT_EPOCHS = {"linear": 30, "finetune": 10}
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-3}  # Adam on cached features; SGD as the reference fine-tune
@@ -102,26 +107,6 @@ def parse_shots(text: str) -> list[int | str]:
         else:
             raise UserError(f"--shots {text}: {token!r} is not a positive integer or 'all'")
     return sorted(numbers) + (["all"] if whole else [])
-
-
-def _seed(*parts: int) -> int:
-    """One 64-bit seed from several integers (independent streams for different tuples)."""
-    return int(np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0] % 2**63)
-
-
-def class_balanced_subset(labels: torch.Tensor, per_class: int | None, generator: torch.Generator) -> torch.Tensor:
-    """Sorted indices (M,) of ``per_class`` random samples of each class in ``labels`` (N,) int64.
-
-    A class with fewer samples gives all it has; ``per_class`` None keeps every sample. The draw
-    depends on the labels and the generator only, never on images or models.
-    """
-    if per_class is None:
-        return torch.arange(len(labels))
-    perm = torch.randperm(len(labels), generator=generator)  # (N,)
-    order = perm[torch.argsort(labels[perm], stable=True)]  # random within each class, classes grouped
-    counts = torch.bincount(labels)
-    rank = torch.arange(len(order)) - (counts.cumsum(0) - counts)[labels[order]]  # position within class
-    return order[rank < per_class].sort().values
 
 
 def subset_digest(index: torch.Tensor) -> str:
@@ -203,14 +188,11 @@ def finetune_copy(base: nn.Module, train: Split, num_classes: int, transform: Au
     sched = make_scheduler(opt, total, schedule="constant", warmup_steps=round(FINETUNE_WARMUP * total),
                            warmup_start=0.01)
     agent, aug_gen = MaskAgent(), torch.Generator().manual_seed(seed + 1)
-
-    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, reduction="none")  # (B,)
-
+    step = TrainStep(model, ClassifyTask().loss, opt, device=device, amp=cfg.amp, total_steps=total)
     for epoch in range(cfg.epochs):
-        for x_u8, y in loader.epoch(epoch):
+        for batch, (x_u8, y) in enumerate(loader.epoch(epoch)):
             x = transform(x_u8, aug_gen)  # (B, C, S, S) augmented, normalised
-            train_step(model, agent, x, y, criterion, opt, None, amp=cfg.amp)
+            agent.train_step(step.begin(epoch, epoch * len(loader) + batch), x, y)
             sched.step()
     return model.eval()
 
@@ -234,8 +216,8 @@ def draw_subsets(labels: torch.Tensor, shots: list[int | str], repeats: int, see
     for n in shots:
         code = 0 if n == "all" else n
         for r in range(repeats):
-            gen = torch.Generator().manual_seed(_seed(seed, code, r, 0))
-            subsets[(n, r)] = (class_balanced_subset(labels, None if n == "all" else n, gen), _seed(seed, code, r, 1))
+            gen = torch.Generator().manual_seed(derive_seed(seed, code, r, 0, wide=True))
+            subsets[(n, r)] = (class_balanced_subset(labels, None if n == "all" else n, gen), derive_seed(seed, code, r, 1, wide=True))
     return subsets
 
 

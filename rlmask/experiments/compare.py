@@ -21,67 +21,76 @@ from pathlib import Path
 
 import torch
 
-from rlmask.agents import NoiseConfig, build_agent
-from rlmask.config import option, to_plain, write_json
+from rlmask.agents import AGENTS, get_agent
+from rlmask.config import coerce_all, option
 from rlmask.data import Augment, build_pool
 from rlmask.errors import UserError
-from rlmask.evaluate.metrics import mean_ci
+from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
+from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_mask_gallery, plot_training_curves
-from rlmask.train.checkpoint import atomic_write_bytes, load_checkpoint
 from rlmask.train.loop import TrainConfig, fit
 from rlmask.train.methods import FinetuneConfig, PretrainConfig, finetune, pretrain
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-# Compared method -> (agent, objective). "plain" is trained without a mask for the same total epochs.
-METHOD_SPECS = {
-    "pgnm-reinforce": ("pgnm", "reinforce"),
-    "pgnm": ("pgnm", "reinforce"),
-    "pgnm-reference": ("pgnm", "reference"),
-    "random-mask": ("random-mask", None),
-    "gaussian-noise": ("gaussian-noise", None),
-}
-COMPARABLE = ("plain", *METHOD_SPECS)
+METRICS = SUMMARY_METRICS
+DEFAULT_METHODS = ["plain", *(name for name, spec in AGENTS.items() if spec.in_default_comparison)]
+# TrainConfig fields that are per sub-run, not shared by the comparison
+PER_RUN = ("seed", "out", "resume", "epochs")
+# FinetuneConfig keeps the reference's fine-tuning schedule: these are not taken from the comparison
+FINETUNE_OWN = ("lr", "schedule", "warmup_epochs", "warmup_start", "init")
 
 
 @dataclass
-class CompareConfig:
-    """Options of ``rlmask compare``."""
+class CompareConfig(TrainConfig):
+    """Options of ``rlmask compare``: every ``rlmask train`` option (shared by every sub-run: plain training,
+    pretraining and, except the learning-rate schedule, fine-tuning), and the comparison's own."""
 
-    data: list[str] = option(["synthetic"], "data source(s), as for train", metavar="SPEC")
-    model: str = option("resnet18", "classifier")
-    image_size: int | None = option(None, "image side in pixels (default: the largest native side)", metavar="PX")
-    channels: int | None = option(None, "image channels, 1 or 3 (default: from the data)")
     epochs: int = option(4, "pretraining epochs of each method")
+    out: str = option("runs/compare", "output directory", metavar="DIR")
     finetune_epochs: int = option(1, "fine-tuning epochs after pretraining (plain gets epochs + finetune_epochs)")
     seeds: int = option(2, "number of seeds (0 .. seeds-1)")
-    methods: list[str] = option(["plain", "pgnm-reinforce", "pgnm-reference", "random-mask"],
-                                f"methods to compare: {', '.join(COMPARABLE)}", metavar="METHOD")
-    out: str = option("runs/compare", "output directory", metavar="DIR")
-    batch_size: int = option(64, "training batch size")
-    lr: float = option(0.1, "classifier learning rate of plain training and pretraining")
+    methods: list[str] = option(DEFAULT_METHODS, f"methods to compare: {', '.join(AGENTS)}", metavar="METHOD")
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
     finetune_warmup: float = option(0.7, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
-    train_per_class: int | None = option(None, "at most this many training images per class (seeded subset)")
-    eval_per_class: int | None = option(None, "at most this many val/test images per class (one fixed subset)")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    num_workers: int = option(0, "data-loading workers (image folders)")
-    cache_dir: str | None = option(None, "download/index cache")
-    progress: bool = option(True, "show progress bars")
-    agent: NoiseConfig = field(default_factory=NoiseConfig)
+    method_option: list[str] = option([], "an option of one method, METHOD:NAME=VALUE (repeatable); a config file "
+                                      "may instead hold a section per method", metavar="METHOD:NAME=VALUE")
+    # {method: {option: value}} from the config file's per-method sections and --method-option
+    method_options: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method options"})
 
     def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in COMPARABLE]
-        if unknown:
-            raise UserError(f"--methods {' '.join(unknown)}: unknown; choose from {', '.join(COMPARABLE)}")
-        if self.seeds < 1 or self.epochs < 1 or self.finetune_epochs < 0:
-            raise UserError("--seeds and --epochs must be >= 1, --finetune-epochs >= 0")
+        super().validate()
+        for m in self.methods:
+            get_agent(m, "--methods")
+        if self.seeds < 1 or self.finetune_epochs < 0:
+            raise UserError("--seeds must be >= 1, --finetune-epochs >= 0")
+        options = {m: dict(v) for m, v in self.method_options.items()}
+        for item in self.method_option:
+            method, sep, assignment = item.partition(":")
+            name, eq, value = assignment.partition("=")
+            if not (sep and eq and name):
+                raise UserError(f"--method-option {item}: expected METHOD:NAME=VALUE")
+            spec = get_agent(method, "--method-option")
+            name = name.replace("-", "_")
+            if spec.options is None:
+                raise UserError(f"--method-option {item}: method {method} takes no options")
+            known = {f.name for f in dataclasses.fields(spec.options)}
+            if name not in known:
+                raise UserError(f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method}")
+            options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
+        for method, values in options.items():
+            get_agent(method, "--config").make_options(values)  # unknown or out-of-range options fail now
+        self.method_options = options
 
 
-def _shared(cfg: CompareConfig, seed: int, out: Path) -> dict:
-    return dict(data=list(cfg.data), model=cfg.model, image_size=cfg.image_size, channels=cfg.channels,
-                batch_size=cfg.batch_size, seed=seed, out=str(out), train_per_class=cfg.train_per_class,
-                eval_per_class=cfg.eval_per_class,
-                device=cfg.device, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir, progress=cfg.progress)
+def _agent_options(method: str, cfg: CompareConfig) -> dict:
+    """Every option of ``method``'s agent as plain data: its defaults, its preset, the comparison's values."""
+    options = get_agent(method).make_options(cfg.method_options.get(method))
+    return to_plain(options) if options is not None else {}
+
+
+def _train_fields(cfg: CompareConfig, skip: tuple[str, ...] = ()) -> dict:
+    """The comparison's ``rlmask train`` options, shared by its sub-runs."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in PER_RUN + skip}
 
 
 REUSE_KEYS = ("data", "model", "epochs", "seed", "image_size", "lr", "batch_size", "method", "train_per_class",
@@ -112,11 +121,6 @@ def _scores(metrics: dict) -> dict:
     return {k: split[k] for k in METRICS}
 
 
-def _log(folder: Path) -> list[dict]:
-    path = folder / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def run_comparison(cfg: CompareConfig) -> dict:
     """Run every method for every seed; write comparison.json, comparison.md and the figures."""
     cfg.validate()
@@ -130,26 +134,26 @@ def run_comparison(cfg: CompareConfig) -> dict:
             if method == "plain":
                 for label, epochs in ((f"plain ({total} ep)", total), (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs)):
                     folder = out / ("plain" if epochs == total else "plain-short") / f"seed{seed}"
-                    run_cfg = TrainConfig(**_shared(cfg, seed, folder), epochs=epochs, lr=cfg.lr)
+                    run_cfg = TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=epochs)
                     metrics = _run_once(fit, run_cfg)
                     rows.setdefault(label, []).append({"seed": seed, **_scores(metrics)})
-                    curves.setdefault(label, []).append(_log(folder))
+                    curves.setdefault(label, []).append(read_jsonl(folder / "log.jsonl"))
                     if total == cfg.epochs:
                         break
                 continue
-            agent, objective = METHOD_SPECS[method]
-            agent_cfg = dataclasses.replace(cfg.agent, objective=objective or cfg.agent.objective)
             pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
-            pre_metrics = _run_once(pretrain, PretrainConfig(**_shared(cfg, seed, pre_dir), epochs=cfg.epochs, lr=cfg.lr,
-                                                             method=agent, agent=agent_cfg))
+            pre_cfg = PretrainConfig(**_train_fields(cfg), seed=seed, out=str(pre_dir), epochs=cfg.epochs,
+                                     method=method, agent=_agent_options(method, cfg))
+            pre_metrics = _run_once(pretrain, pre_cfg)
             row = {"seed": seed, **{f"heated_{k}": v for k, v in _scores(pre_metrics).items()}}
-            curve = _log(pre_dir)
+            curve = read_jsonl(pre_dir / "log.jsonl")
             if cfg.finetune_epochs:
                 fine_metrics = _run_once(finetune, FinetuneConfig(
-                    **_shared(cfg, seed, fine_dir), epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                    warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs, init=str(pre_dir / "heated.pt")))
+                    **_train_fields(cfg, skip=FINETUNE_OWN), seed=seed, out=str(fine_dir), epochs=cfg.finetune_epochs,
+                    lr=cfg.finetune_lr, warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
+                    init=str(pre_dir / "heated.pt")))
                 row |= _scores(fine_metrics)
-                curve += _log(fine_dir)
+                curve += read_jsonl(fine_dir / "log.jsonl")
             else:
                 row |= _scores(pre_metrics)
             rows.setdefault(method, []).append(row)
@@ -202,8 +206,8 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
 
 def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     """Validation images beside the masks sampled by each masking method's seed-0 agent."""
-    with_masks = [m for m in cfg.methods if METHOD_SPECS.get(m, ("",))[0] in ("pgnm", "random-mask")]
-    if not with_masks:
+    methods = [m for m in cfg.methods if m != "plain"]
+    if not methods:
         return None
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir)
     val = pool.splits["val"]
@@ -211,16 +215,17 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     x_u8 = val.load(index)  # (n, C, S, S)
     x = Augment(pool.image_size, train=False)(x_u8, None)
     rows = {}
-    for method in with_masks:
-        agent_name, objective = METHOD_SPECS[method]
-        options = to_plain(dataclasses.replace(cfg.agent, objective=objective or cfg.agent.objective))
-        agent = build_agent(agent_name, pool.image_size, pool.channels, seed=0, **options)
+    for method in methods:
+        agent = get_agent(method).build(pool.image_size, pool.channels, seed=0, options=cfg.method_options.get(method))
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])
         agent.eval()
-        _, masks = agent.sample_masks(x, torch.Generator().manual_seed(0))
-        rows[method] = masks[:, 0].numpy()
+        sampled = agent.sample_masks(x, torch.Generator().manual_seed(0))
+        if sampled is not None:
+            rows[method] = sampled["mask"][:, 0].numpy()
+    if not rows:
+        return None
     images = (x_u8.float() / 255).permute(0, 2, 3, 1).numpy()
     images = images[..., 0] if images.shape[-1] == 1 else images
     titles = [pool.classes[int(c)] for c in val.labels[index]]

@@ -1,9 +1,16 @@
-"""torchrun integration: the environment variables set by torchrun, one ``is_main_process()``."""
+"""The ground floor for execution: devices, bf16 and compile choices, torchrun processes, seeds, RNG state.
+
+One ``is_main_process()``; torchrun's environment variables; one way to derive seeds
+(``derive_seed``) and one per-rank seed formula (``rank_seed``), so no two places disagree.
+"""
 
 from __future__ import annotations
 
 import os
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -153,3 +160,32 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         if type(module) in swap:
             module.__class__ = swap[type(module)]  # same parameters and buffers, global statistics
     return model
+
+
+def derive_seed(*parts: int, wide: bool = False) -> int:
+    """One seed from several integers (independent streams for different tuples), via numpy's SeedSequence.
+
+    ``wide=False``: a 32-bit seed; ``wide=True``: a 63-bit one.
+    """
+    seq = np.random.SeedSequence([int(p) % 2**64 for p in parts])
+    return int(seq.generate_state(1, np.uint64)[0] % 2**63) if wide else int(seq.generate_state(1)[0])
+
+
+def rank_seed(seed: int, process: int | None = None) -> int:
+    """The seed of process ``process`` (default: this one) for streams that must differ across ranks."""
+    return seed * 7919 + 104729 * ((rank() if process is None else process) + 1)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global torch RNG (CPU and CUDA). Data order, crops and masks have generators of their own
+    (derived from seed and epoch, or kept in the agent's state); this covers anything else (dropout)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
