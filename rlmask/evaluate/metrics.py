@@ -85,13 +85,15 @@ def classification_metrics(
         accuracy = balanced = None
     else:
         pred = probs.argmax(axis=1)
-        cm = confusion_matrix(labels, pred, labels=classes)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            labels, pred, labels=classes, average=None, zero_division=0)
-        accuracy = float(accuracy_score(labels, pred))
         with warnings.catch_warnings():
-            # "y_pred contains classes not in y_true": expected, such classes have no recall to average.
-            warnings.simplefilter("ignore")
+            # Both are cases handled here on purpose: a predicted class absent from the labels has no
+            # recall to average in balanced accuracy; K == 1 is a single label by construction.
+            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+            warnings.filterwarnings("ignore", message="A single label was found")
+            cm = confusion_matrix(labels, pred, labels=classes)
+            precision, recall, f1, support = precision_recall_fscore_support(
+                labels, pred, labels=classes, average=None, zero_division=0)
+            accuracy = float(accuracy_score(labels, pred))
             balanced = float(balanced_accuracy_score(labels, pred))
 
     per_class_auroc = [_auroc(probs[:, c], labels == c) for c in classes]
