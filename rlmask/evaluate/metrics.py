@@ -1,39 +1,45 @@
 """Classification metrics of a probability matrix, and a mean with its Student-t interval.
 
-numpy only (no sklearn, no scipy), so every definition is visible here and CI needs nothing more.
-Where sklearn has the metric, the definition is sklearn's: macro averages over all K classes with
-``zero_division=0``; AUROC is the Mann-Whitney U statistic (a tie counts one half); one-vs-one AUROC
-is Hand & Till's. Every undefined value is None, never NaN, so the result goes straight into JSON.
+The numbers are scikit-learn's and scipy's, so they are the definitions users cite: macro averages
+over all K classes with ``zero_division=0`` (``precision_recall_fscore_support``),
+``balanced_accuracy_score``, ``confusion_matrix``, ``roc_auc_score`` one-vs-rest and Hand & Till's
+one-vs-one, and ``scipy.stats.t`` for intervals. This module is the thin wrapper that keeps rlmask's
+conventions where those libraries warn, raise or return NaN (a class absent from the labels, a single
+class present, an empty split): every undefined value is None, never NaN, so the result goes
+straight into JSON.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 # The scores every table, log and comparison leads with (one tuple, so they never disagree).
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc", "auroc_ovo")
 
 
-def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """AUROC of ``scores`` (n,) for the boolean ``positive`` (n,), or None without both classes.
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """sklearn's binary ``roc_auc_score``, or None where it is undefined (no positive or no negative).
 
-    Equals P(score of a positive > score of a negative) + 0.5 P(tie): ranks with ties averaged give
-    the Mann-Whitney U statistic, in O(n log n) instead of counting every pair.
+    Checked here rather than left to sklearn, which warns and returns NaN in recent versions and
+    raises in older ones.
     """
     n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == positive.size:
         return None
-    order = np.argsort(scores, kind="stable")
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(scores.size)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # 1-based mean rank of each tie group
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(positive, scores))
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -46,14 +52,20 @@ def classification_metrics(
 ) -> dict:
     """Metrics of class scores ``probs`` (N, K) against integer ``labels`` (N,), as plain Python types.
 
-    Keys: accuracy; balanced_accuracy (mean recall over the classes present in labels);
-    macro_precision / macro_recall / macro_f1 (mean over all K classes, 0 where undefined, as
-    sklearn's ``average="macro", zero_division=0``); auroc (macro one-vs-rest over classes with both
-    positives and negatives); auroc_ovo (Hand & Till: for each unordered pair of present classes
-    (a, b), on their samples only, the mean of AUC(a vs b by p_a) and AUC(b vs a by p_b); then the
-    mean over pairs); per_class {name: {precision, recall, f1, auroc, support}}; confusion_matrix
-    (K lists, rows = true class, columns = predicted = argmax); num_samples.
+    Keys: accuracy; balanced_accuracy (mean recall over the classes present in labels, sklearn's
+    ``balanced_accuracy_score``); macro_precision / macro_recall / macro_f1 (mean over all K classes,
+    0 where undefined: ``precision_recall_fscore_support(labels=range(K), zero_division=0)``); auroc
+    (macro one-vs-rest over the classes with both positives and negatives); auroc_ovo (Hand & Till:
+    for each unordered pair of present classes (a, b), on their samples only, the mean of
+    AUC(a vs b by p_a) and AUC(b vs a by p_b); then the mean over pairs); per_class {name: {precision,
+    recall, f1, auroc, support}}; confusion_matrix (K lists, rows = true class, columns = predicted =
+    argmax, the first class on a tie); num_samples.
     For K == 2 both AUROCs are the AUROC of class 1's score. Undefined values are None.
+
+    The AUROCs are sklearn's binary ``roc_auc_score`` per class and per pair of classes, averaged as
+    ``roc_auc_score(multi_class="ovr" / "ovo", average="macro")`` does (the tests check that they
+    agree). They are not delegated to the multiclass call itself because that one requires rows that
+    sum to one and treats classes absent from ``labels`` differently across sklearn versions.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
@@ -68,37 +80,47 @@ def classification_metrics(
     if not np.isfinite(probs).all():
         raise ValueError("probs: contain NaN or infinity")
     labels = labels.astype(np.int64)
+    classes = list(range(k))
 
-    pred = probs.argmax(axis=1)
-    cm = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)  # (K true, K predicted)
-    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    # zero_division=0: a ratio with an empty denominator is 0.
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * tp, support + predicted, out=np.zeros(k), where=support + predicted > 0)
-    present = support > 0
+    if n == 0:  # sklearn rejects empty inputs; an empty split has counts but no rates
+        cm = np.zeros((k, k), dtype=np.int64)
+        precision = recall = f1 = np.zeros(k)
+        support = np.zeros(k, dtype=np.int64)
+        accuracy = balanced = None
+    else:
+        pred = probs.argmax(axis=1)
+        with warnings.catch_warnings():
+            # Both are cases handled here on purpose: a predicted class absent from the labels has no
+            # recall to average in balanced accuracy; K == 1 is a single label by construction.
+            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+            warnings.filterwarnings("ignore", message="A single label was found")
+            cm = confusion_matrix(labels, pred, labels=classes)
+            precision, recall, f1, support = precision_recall_fscore_support(
+                labels, pred, labels=classes, average=None, zero_division=0)
+            accuracy = float(accuracy_score(labels, pred))
+            balanced = float(balanced_accuracy_score(labels, pred))
 
-    per_class_auroc = [binary_auroc(probs[:, c], labels == c) for c in range(k)]
+    per_class_auroc = [_auroc(probs[:, c], labels == c) for c in classes]
     if k == 2:
         auroc = auroc_ovo = per_class_auroc[1]
     else:
         auroc = _mean_or_none(per_class_auroc)
-        classes = np.flatnonzero(present)
+        present = np.flatnonzero(np.bincount(labels, minlength=k) > 0)
         pair_aurocs = []
-        for i, a in enumerate(classes):
-            for b in classes[i + 1 :]:
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
                 pair = (labels == a) | (labels == b)
-                a_vs_b = binary_auroc(probs[pair, a], labels[pair] == a)
-                b_vs_a = binary_auroc(probs[pair, b], labels[pair] == b)
-                pair_aurocs.append((a_vs_b + b_vs_a) / 2.0)
+                a_vs_b = _auroc(probs[pair, a], labels[pair] == a)
+                b_vs_a = _auroc(probs[pair, b], labels[pair] == b)
+                pair_aurocs.append((a_vs_b + b_vs_a) / 2.0)  # both defined: a and b are present
         auroc_ovo = _mean_or_none(pair_aurocs)
 
     def macro(values: np.ndarray) -> float | None:
-        return float(values.mean()) if n else None
+        return float(np.mean(values)) if n else None
 
     return {
-        "accuracy": float(tp.sum() / n) if n else None,
-        "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
         "macro_precision": macro(precision),
         "macro_recall": macro(recall),
         "macro_f1": macro(f1),
@@ -114,55 +136,41 @@ def classification_metrics(
             }
             for c, name in enumerate(names)
         },
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": np.asarray(cm).astype(int).tolist(),
         "num_samples": int(n),
     }
 
 
-def _t_central_mass(theta: float, df: int) -> float:
-    """P(|T| <= sqrt(df) tan(theta)) for Student's t with integer ``df`` >= 1.
-
-    The finite series for integer degrees of freedom (Abramowitz & Stegun 26.7.3-4): exact, needs no
-    incomplete beta function, and is monotone in theta on [0, pi/2], which makes inversion a bisection.
-    """
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 0:  # sin(theta) * (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... up to c^(df-2))
-        k = np.arange(1, df // 2)
-        return s * (1.0 + np.cumprod((2 * k - 1) / (2 * k) * c2).sum())
-    if df == 1:
-        return 2.0 * theta / math.pi
-    # 2/pi (theta + sin cos (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ... up to c^(df-3)))
-    k = np.arange(1, (df - 1) // 2)
-    series = 1.0 + np.cumprod(2 * k / (2 * k + 1) * c2).sum()
-    return 2.0 / math.pi * (theta + s * math.cos(theta) * series)
-
-
-def t_quantile(q: float, df: int) -> float:
-    """The q-quantile of Student's t distribution with integer ``df`` >= 1 degrees of freedom."""
-    if not 0.0 < q < 1.0 or int(df) != df or df < 1:
-        raise ValueError(f"t_quantile: need 0 < q < 1 and an integer df >= 1, got q={q}, df={df}")
-    target = abs(2.0 * q - 1.0)  # central mass P(|T| <= t), by symmetry
-    lo, hi = 0.0, math.pi / 2
-    for _ in range(100):  # bisection on theta = atan(t / sqrt(df)), a bounded bracket
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_central_mass(mid, int(df)) < target else (lo, mid)
-    return math.copysign(math.sqrt(df) * math.tan((lo + hi) / 2), q - 0.5)
-
-
-def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> dict:
+def mean_ci(
+    values: Sequence[float | None],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> dict:
     """Mean of ``values`` with its two-sided Student-t interval: {mean, low, high, n, std}.
 
     None entries (a metric undefined for one run) are left out and ``n`` counts the rest. std is the
-    sample standard deviation (ddof=1). With n = 1 the interval is [mean, mean] and std 0; with
-    n = 0 mean, low, high and std are None.
+    sample standard deviation (ddof=1); the half-width is ``scipy.stats.t.ppf((1 + confidence) / 2,
+    n - 1) * std / sqrt(n)``. ``bounds=(lo, hi)`` clips the interval to a bounded metric's range
+    (e.g. (0, 1) for accuracy or AUROC), so a few seeds never report an interval wider than the
+    metric can be; with clipping the interval is no longer symmetric about the mean.
+
+    With n = 1 there is no interval: low, high and std are None (a zero-width interval would claim
+    certainty that one run cannot give). With n = 0 mean, low, high and std are all None.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence: must lie in (0, 1), got {confidence}")
+    if bounds is not None and not bounds[0] <= bounds[1]:
+        raise ValueError(f"bounds: expected (low, high) with low <= high, got {bounds}")
     x = np.array([v for v in values if v is not None], dtype=np.float64)
     n = int(x.size)
     if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0, "std": None}
     mean = float(x.mean())
-    std = float(x.std(ddof=1)) if n > 1 else 0.0
-    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std}
+    if n == 1:
+        return {"mean": mean, "low": None, "high": None, "n": 1, "std": None}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, float(bounds[0])), min(high, float(bounds[1]))
+    return {"mean": mean, "low": low, "high": high, "n": n, "std": std}

@@ -160,7 +160,8 @@ def run_comparison(cfg: CompareConfig) -> dict:
             curves.setdefault(method, []).append(curve)
 
     summary = {name: {"per_seed": per_seed,
-                      **{k: mean_ci([r[k] for r in per_seed]) for k in per_seed[0] if k != "seed"}}
+                      # every compared metric lies in [0, 1]: a few seeds must not give a wider interval
+                      **{k: mean_ci([r[k] for r in per_seed], bounds=(0.0, 1.0)) for k in per_seed[0] if k != "seed"}}
                for name, per_seed in rows.items()}
     result = {"config": to_plain(cfg), "split": "test", "equal_compute_epochs": total,
               "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary}
@@ -174,10 +175,16 @@ def run_comparison(cfg: CompareConfig) -> dict:
 
 
 def _fmt(stat: dict) -> str:
+    """mean ± half-width; [low, high] where clipping to [0, 1] made the interval lopsided; the mean
+    alone where there is no interval (one seed): never a "± 0.0000" that claims certainty."""
     if stat["mean"] is None:
         return "n/a"
-    half = (stat["high"] - stat["mean"]) if stat["high"] is not None else 0.0
-    return f"{stat['mean']:.4f} ± {half:.4f}"
+    mean, low, high = stat["mean"], stat.get("low"), stat.get("high")
+    if low is None or high is None:
+        return f"{mean:.4f}"
+    if abs((high - mean) - (mean - low)) > 5e-5:
+        return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+    return f"{mean:.4f} ± {high - mean:.4f}"
 
 
 def render_markdown(result: dict, figures: dict[str, str]) -> str:
@@ -187,7 +194,8 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
     header = "| method | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS) + "\n"
     equal = [m for m in methods if "reference view" not in m]
     lines = [f"# Comparison on {', '.join(cfg['data'])} ({cfg['model']}, {cfg['seeds']} seed(s))", "",
-             f"Test split, mean ± half-width of the 95% t-interval over seeds. Methods: {cfg['epochs']} pretraining + "
+             f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
+             f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
              f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
              f"Wall time: {result['minutes']} min.", "", "## Equal compute", "", header.rstrip("\n")]
     lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in equal]

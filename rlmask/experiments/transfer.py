@@ -10,7 +10,7 @@ backbone gets a new head for the downstream classes and is either
 - ``finetune``: trained whole, with augmentation, by the same ``train_step`` as every other run.
 
 Scores on the downstream test split are summarised per shot count by their mean and Student-t 95%
-interval over the repeats (``mean_ci``).
+interval over the repeats (``mean_ci``, clipped to [0, 1]; none with a single repeat).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def draw_subsets(labels: torch.Tensor, shots: list[int | str], repeats: int, see
 def _summary(repeats: list[dict]) -> dict:
     out = {"repeats": repeats}
     for k in METRICS:
-        stat = mean_ci([r[k] for r in repeats])
+        stat = mean_ci([r[k] for r in repeats], bounds=(0.0, 1.0))  # every METRICS entry lies in [0, 1]
         out[k] = {"mean": stat["mean"], "ci": [stat["low"], stat["high"]], "std": stat["std"], "n": stat["n"]}
     return out
 
@@ -305,7 +305,10 @@ def run_transfer(cfg: TransferConfig) -> dict:
 def _fmt(stat: dict) -> str:
     if stat["mean"] is None:
         return "n/a"
-    return f"{stat['mean']:.4f} [{stat['ci'][0]:.4f}, {stat['ci'][1]:.4f}]"
+    low, high = stat["ci"]
+    if low is None or high is None:  # one repeat: no interval
+        return f"{stat['mean']:.4f}"
+    return f"{stat['mean']:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def render_markdown(result: dict) -> str:

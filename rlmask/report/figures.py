@@ -91,7 +91,10 @@ def plot_transfer(results: dict[str, dict[str, dict]], path: Path, metric: str =
                 continue
             x = x_all if key == "all" else float(np.log2(int(key)))
             ticks[x] = f"all ({entry['repeats'][0]['n_train']})" if key == "all" else str(key)
-            points.append((x, stat["mean"], *stat["ci"]))
+            low, high = stat["ci"]
+            if low is None or high is None:  # one repeat: no interval, the band collapses onto the line
+                low = high = stat["mean"]
+            points.append((x, stat["mean"], low, high))
         if not points:
             continue
         xs, mean, low, high = np.array(sorted(points), dtype=float).T

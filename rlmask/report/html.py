@@ -255,10 +255,13 @@ def _bounds(stat) -> tuple[float | None, float | None, float | None]:
 
 
 def _stat_cell(stat) -> tuple[str, float | None]:
-    """(html, mean) of a summary: mean ± half-width of its interval."""
-    mean, _, high = _bounds(stat)
-    if mean is None or high is None:
+    """(html, mean) of a summary: mean ± half-width of its interval, [low, high] where clipping to the
+    metric's range made it lopsided, the mean alone where there is no interval."""
+    mean, low, high = _bounds(stat)
+    if mean is None or low is None or high is None:
         return _num(mean), mean
+    if abs((high - mean) - (mean - low)) > 5e-5:
+        return f'{_num(mean)} <span class="pm">[{_num(low)}, {_num(high)}]</span>', mean
     return f'{_num(mean)} <span class="pm">± {_num(high - mean)}</span>', mean
 
 
@@ -280,7 +283,7 @@ def _compare_section(folder: Path, scratch: Path) -> str:
     heated = [m for m in equal if f"heated_{METRICS[0]}" in methods[m]]
     split = result.get("split", "test")
     parts = [f'<p>{_e(split.capitalize())} split; mean ± half-width of the 95% t-interval over '
-             f'{_e(cfg.get("seeds", "?"))} seed(s). Data: {_e(_plain(cfg.get("data")))}; model: '
+             f'{_e(cfg.get("seeds", "?"))} seed(s) ([low, high] where clipped to [0, 1]; the mean alone with one seed). Data: {_e(_plain(cfg.get("data")))}; model: '
              f'{_e(cfg.get("model", "?"))}; methods: {_e(cfg.get("epochs", "?"))} pretraining + '
              f'{_e(cfg.get("finetune_epochs", "?"))} fine-tuning epochs; plain: '
              f'{_e(result.get("equal_compute_epochs", "?"))} epochs. Wall time: {_e(result.get("minutes", "?"))} min. '

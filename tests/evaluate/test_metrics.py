@@ -1,17 +1,26 @@
-"""Metrics against hand arithmetic and brute-force pair counting; t quantiles against table values."""
+"""Metrics against hand arithmetic and against scikit-learn on random inputs; mean_ci against scipy.
+
+The scikit-learn and scipy cross-checks are ordinary tests (both are core dependencies), so they run
+and can fail in CI.
+"""
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
-
-from rlmask.evaluate.metrics import (
-    binary_auroc,
-    classification_metrics,
-    mean_ci,
-    t_quantile,
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
 )
+
+from rlmask.evaluate.metrics import classification_metrics, mean_ci
 
 # Six samples, three classes; argmax predictions 0, 0, 1, 1, 2, 2.
 PROBS = np.array(
@@ -62,6 +71,92 @@ def test_hand_computed_example():
     json.dumps(m, allow_nan=False)  # plain JSON types
 
 
+def _random_case(rng, n, k, absent=(), ties=False):
+    """Softmax-like probabilities (rows sum to one) and labels; ``absent`` classes never occur in the
+    labels but keep a constant share of every row, so they are still predicted where the other
+    scores are low, and dropping their columns rescales every row by the same factor, which keeps
+    the rankings, hence sklearn's multiclass AUROCs on the present columns, comparable. ``ties``
+    puts the present classes' scores on a coarse grid (multiples of 1/5 of their share): many tied
+    scores, tied maxima included, while rows still sum to one."""
+    present = [c for c in range(k) if c not in absent]
+    share = 0.35 if absent else 0.0
+    if ties:
+        spread = rng.multinomial(5, np.ones(len(present)) / len(present), size=n) / 5.0
+    else:
+        spread = rng.dirichlet(np.ones(len(present)), size=n)
+    probs = np.zeros((n, k))
+    probs[:, present] = (1 - share * len(absent)) * spread
+    probs[:, list(absent)] = share
+    labels = rng.choice(present, size=n)
+    return probs, labels, present
+
+
+def _check_against_sklearn(probs, labels, k, present):
+    m = classification_metrics(probs, labels)
+    pred = probs.argmax(axis=1)
+    classes = list(range(k))
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # y_pred contains classes not in y_true: expected here
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred))
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, labels=classes, average="macro", zero_division=0))
+    assert m["macro_precision"] == pytest.approx(p.mean()) and m["macro_recall"] == pytest.approx(r.mean())
+    assert m["confusion_matrix"] == confusion_matrix(labels, pred, labels=classes).tolist()
+    for c in classes:
+        cls = m["per_class"][str(c)]
+        assert (cls["precision"], cls["recall"], cls["f1"], cls["support"]) == pytest.approx((p[c], r[c], f[c], s[c]))
+        if c in present:
+            assert cls["auroc"] == pytest.approx(roc_auc_score(labels == c, probs[:, c]))
+            assert cls["auroc"] == pytest.approx(brute_auroc(probs[:, c], labels == c))  # ties count one half
+        else:
+            assert cls["auroc"] is None
+    # The macro AUROCs against sklearn's multiclass calls on the present classes (whose rows sum to
+    # one after the common rescaling; sklearn needs probabilities for these).
+    sub = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
+    relabel = np.searchsorted(present, labels)
+    if k == 2:
+        assert m["auroc"] == m["auroc_ovo"] == pytest.approx(roc_auc_score(labels == 1, probs[:, 1]))
+    elif len(present) == 2:
+        a, b = present
+        assert m["auroc"] == pytest.approx((roc_auc_score(labels == a, probs[:, a])
+                                            + roc_auc_score(labels == b, probs[:, b])) / 2)
+        assert m["auroc_ovo"] == pytest.approx(m["auroc"])  # one pair, on all samples
+    else:
+        assert m["auroc"] == pytest.approx(roc_auc_score(relabel, sub, multi_class="ovr"))
+        assert m["auroc_ovo"] == pytest.approx(roc_auc_score(relabel, sub, multi_class="ovo"))
+    json.dumps(m, allow_nan=False)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("ties", [False, True])
+def test_matches_sklearn_on_random_inputs(k, ties):
+    rng = np.random.default_rng(10 * k + ties)
+    for trial in range(5):
+        probs, labels, present = _random_case(rng, int(rng.integers(20, 200)), k, ties=ties)
+        _check_against_sklearn(probs, labels, k, present)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_matches_sklearn_with_absent_classes(ties):
+    rng = np.random.default_rng(7 + ties)
+    for k, absent in ((3, (2,)), (4, (1,)), (5, (0, 3)), (4, (0, 1))):
+        probs, labels, present = _random_case(rng, 120, k, absent=absent, ties=ties)
+        assert set(np.unique(probs.argmax(axis=1))) - set(present) or ties  # an absent class is predicted
+        _check_against_sklearn(probs, labels, k, present)
+
+
+def test_multiclass_aurocs_match_sklearn_when_every_class_is_present():
+    # The defining calls themselves, on all K columns: roc_auc_score(multi_class="ovr" / "ovo").
+    rng = np.random.default_rng(3)
+    for k in (3, 4, 6):
+        probs = rng.dirichlet(np.ones(k), size=150)
+        labels = rng.integers(0, k, size=150)
+        m = classification_metrics(probs, labels)
+        assert m["auroc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", labels=range(k)))
+        assert m["auroc_ovo"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovo", labels=range(k)))
+
+
 def test_perfect_and_inverse_classifiers():
     labels = np.array([0, 1, 2, 0, 1, 2])
     onehot = np.eye(3)[labels]
@@ -78,7 +173,7 @@ def test_all_ties_give_one_half():
     labels = np.array([0, 1, 0, 1, 1])
     m = classification_metrics(np.full((5, 2), 0.5), labels)
     assert m["auroc"] == m["auroc_ovo"] == 0.5
-    assert binary_auroc(np.array([1.0, 1.0, 2.0]), np.array([True, False, False])) == pytest.approx(0.25)
+    assert m["confusion_matrix"] == [[2, 0], [3, 0]]  # a tied row predicts the first class
 
 
 def test_class_absent_from_labels():
@@ -99,11 +194,21 @@ def test_class_absent_from_labels():
 
 
 def test_single_class_and_empty_inputs_give_none():
-    one = classification_metrics(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined values are handled here, not warned about by sklearn
+        one = classification_metrics(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))
+        three = classification_metrics(np.eye(3)[[0, 1, 2, 1]], np.array([1, 1, 1, 1]))
     assert one["auroc"] is None and one["auroc_ovo"] is None and one["accuracy"] == 0.5
+    assert one["balanced_accuracy"] == 0.5 and one["per_class"]["1"]["precision"] == 0.0
+    assert three["auroc"] is None and three["auroc_ovo"] is None and three["balanced_accuracy"] == 0.5
+    single_column = classification_metrics(np.ones((3, 1)), np.zeros(3, dtype=int))
+    assert single_column["accuracy"] == 1.0 and single_column["auroc"] is None and single_column["auroc_ovo"] is None
     empty = classification_metrics(np.zeros((0, 3)), np.zeros(0, dtype=int))
     assert empty["num_samples"] == 0 and empty["accuracy"] is None and empty["macro_f1"] is None
-    json.dumps(empty, allow_nan=False)
+    assert empty["balanced_accuracy"] is None and empty["auroc"] is None
+    assert empty["confusion_matrix"] == [[0] * 3] * 3 and empty["per_class"]["0"]["support"] == 0
+    for m in (one, three, single_column, empty):
+        json.dumps(m, allow_nan=False)
 
 
 def test_two_classes_both_aurocs_are_class_one_auroc():
@@ -114,7 +219,9 @@ def test_two_classes_both_aurocs_are_class_one_auroc():
     assert m["auroc"] == m["auroc_ovo"] == pytest.approx(brute_auroc(scores[:, 1], labels == 1))
 
 
-def test_auroc_matches_brute_force_pair_counting():
+def test_unnormalised_scores_with_many_classes():
+    # Rows that do not sum to one (sklearn's multiclass call refuses them): the pairwise definition
+    # still applies, checked against brute-force pair counting.
     rng = np.random.default_rng(2)
     k, n = 4, 60
     probs = np.round(rng.dirichlet(np.ones(k), size=n), 1)  # rounding makes many ties
@@ -142,31 +249,42 @@ def test_bad_inputs_raise():
         classification_metrics(np.full((2, 2), np.nan), np.array([0, 1]))
 
 
-def test_t_quantile_table_values_and_closed_forms():
-    assert t_quantile(0.975, 1) == pytest.approx(12.706, abs=5e-4)
-    assert t_quantile(0.975, 9) == pytest.approx(2.262, abs=5e-4)
-    assert t_quantile(0.025, 9) == pytest.approx(-t_quantile(0.975, 9))
-    assert t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-12)
-    for q in (0.6, 0.9, 0.995):
-        assert t_quantile(q, 1) == pytest.approx(math.tan(math.pi * (q - 0.5)))  # Cauchy
-        a = 2 * q - 1  # df = 2: P(|T| <= t) = t / sqrt(2 + t^2)  =>  t = a sqrt(2 / (1 - a^2))
-        assert t_quantile(q, 2) == pytest.approx(a * math.sqrt(2 / (1 - a * a)))
-
-
-def test_t_quantile_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 3, 5, 10, 30, 101, 1000):
-        for q in (0.9, 0.975, 0.995):
-            assert t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-9)
-
-
-def test_mean_ci():
+def test_mean_ci_matches_scipy_t():
     ci = mean_ci([1.0, 2.0, 3.0])  # mean 2, sample std 1, df 2 (table value 4.303)
     assert ci["mean"] == 2.0 and ci["std"] == pytest.approx(1.0) and ci["n"] == 3
     assert ci["high"] == pytest.approx(2 + 4.303 / math.sqrt(3), abs=1e-3)
     assert ci["low"] == pytest.approx(2 - 4.303 / math.sqrt(3), abs=1e-3)
-    assert mean_ci([0.7]) == {"mean": 0.7, "low": 0.7, "high": 0.7, "n": 1, "std": 0.0}
+    rng = np.random.default_rng(4)
+    for n in (2, 3, 5, 10, 31):
+        x = rng.normal(size=n)
+        for confidence in (0.9, 0.95, 0.99):
+            low, high = stats.t.interval(confidence, n - 1, loc=x.mean(), scale=stats.sem(x))
+            ci = mean_ci(list(x), confidence)
+            assert (ci["low"], ci["high"]) == pytest.approx((low, high), rel=1e-12)
     assert mean_ci([0.5, None, 0.5])["n"] == 2
-    assert mean_ci([])["mean"] is None
     wide, narrow = mean_ci([1.0, 2.0, 4.0], 0.99), mean_ci([1.0, 2.0, 4.0], 0.9)
     assert wide["low"] < narrow["low"] < narrow["high"] < wide["high"]
+    with pytest.raises(ValueError, match="confidence"):
+        mean_ci([1.0, 2.0], 1.0)
+
+
+def test_mean_ci_one_value_has_no_interval():
+    # A single seed cannot measure spread: no interval (not a zero-width one), no std.
+    assert mean_ci([0.7]) == {"mean": 0.7, "low": None, "high": None, "n": 1, "std": None}
+    assert mean_ci([None, 0.7, None], bounds=(0, 1)) == {"mean": 0.7, "low": None, "high": None, "n": 1, "std": None}
+    assert mean_ci([]) == {"mean": None, "low": None, "high": None, "n": 0, "std": None}
+    assert mean_ci([None]) == mean_ci([])
+
+
+def test_mean_ci_bounds_clip_the_interval():
+    # Two seeds: t(0.975, 1) = 12.7, so the raw interval of two accuracies is far wider than [0, 1].
+    raw, clipped = mean_ci([0.2, 0.3]), mean_ci([0.2, 0.3], bounds=(0.0, 1.0))
+    assert raw["low"] < 0.0 and raw["high"] == pytest.approx(0.25 + 12.7062 * 0.05, abs=1e-3)
+    assert clipped["low"] == 0.0 and clipped["high"] == pytest.approx(raw["high"])
+    assert clipped["mean"] == raw["mean"] and clipped["std"] == raw["std"]
+    top = mean_ci([0.96, 0.99], bounds=(0.0, 1.0))
+    assert top["high"] == 1.0 and 0.0 < top["low"] < top["mean"]
+    inside = mean_ci([0.4, 0.5, 0.45, 0.42], bounds=(0.0, 1.0))
+    assert inside == mean_ci([0.4, 0.5, 0.45, 0.42])  # an interval inside the range is untouched
+    with pytest.raises(ValueError, match="bounds"):
+        mean_ci([0.1, 0.2], bounds=(1.0, 0.0))
