@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 
 from rlmask.agents import AGENTS, get_agent
 from rlmask.config import option

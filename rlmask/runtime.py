@@ -7,7 +7,6 @@ One ``is_main_process()``; torchrun's environment variables; one way to derive s
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 import numpy as np

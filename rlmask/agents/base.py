@@ -19,8 +19,9 @@ An agent whose whole step is one loss only overrides :meth:`MaskAgent.training_l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn

@@ -8,7 +8,6 @@ in parallel; in-memory splits are indexed directly.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

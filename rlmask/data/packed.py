@@ -182,7 +182,7 @@ class PackedPart:
     def __len__(self) -> int:
         return int(self._offsets[-1]) if self.rows is None else len(self.rows)
 
-    def subset(self, local: torch.Tensor) -> "PackedPart":
+    def subset(self, local: torch.Tensor) -> PackedPart:
         """The samples ``local`` (M,) int64 of this part, still memory-mapped."""
         return PackedPart(self.shards, self.size, local if self.rows is None else self.rows[local])
 

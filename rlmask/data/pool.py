@@ -90,7 +90,7 @@ class Split:
             out[sel] = self._parts[p].load(index[sel] - self._offsets[p], self.channels)
         return out
 
-    def subset(self, index: torch.Tensor) -> "Split":
+    def subset(self, index: torch.Tensor) -> Split:
         """A new split holding the samples ``index`` (M,) int64, kept in natural (sorted) order."""
         index = torch.as_tensor(index, dtype=torch.int64).sort().values
         part = torch.searchsorted(self._offsets, index, right=True) - 1  # (M,) part of each sample
@@ -133,7 +133,7 @@ class Pool:
         self.image_size = image_size
         self.splits = splits
 
-    def subsample(self, split: str, per_class: int, seed: int) -> "Pool":
+    def subsample(self, split: str, per_class: int, seed: int) -> Pool:
         """A pool whose ``split`` keeps at most ``per_class`` samples per class, drawn with ``seed``.
 
         The kept samples stay in their natural order; other splits are shared, not copied.

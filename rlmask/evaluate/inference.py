@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from rlmask import runtime as dist
 from rlmask.data import Augment, BatchLoader, Split
 from rlmask.errors import UserError
-from rlmask import runtime as dist
-from rlmask.io import atomic_write_bytes
 from rlmask.evaluate.metrics import classification_metrics
+from rlmask.io import atomic_write_bytes
 
 
 @torch.no_grad()

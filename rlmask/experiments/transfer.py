@@ -22,25 +22,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from rlmask.agents.base import MaskAgent
-from rlmask.data.pool import class_balanced_subset
 from rlmask.config import option
-from rlmask.io import to_plain, write_json
 from rlmask.data import Augment, BatchLoader, Pool, Split, build_pool
+from rlmask.data.pool import class_balanced_subset
 from rlmask.errors import UserError
 from rlmask.evaluate.inference import evaluate_split
 from rlmask.evaluate.metrics import SUMMARY_METRICS, classification_metrics, mean_ci
-from rlmask.report.figures import plot_transfer
-from rlmask.io import atomic_write_bytes
-from rlmask.runtime import pick_device, resolve_amp
+from rlmask.io import atomic_write_bytes, to_plain, write_json
 from rlmask.models.weights import load_classifier
-from rlmask.runtime import derive_seed
+from rlmask.report.figures import plot_transfer
+from rlmask.runtime import derive_seed, pick_device, resolve_amp
 from rlmask.train.loop import make_optimizer
 from rlmask.train.schedules import make_scheduler
 from rlmask.train.step import TrainStep

@@ -7,7 +7,7 @@ builder ``fn(num_classes, in_chans=3, small_stem=False) -> nn.Module`` under its
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn

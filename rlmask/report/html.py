@@ -16,8 +16,8 @@ from pathlib import Path
 from rlmask import __version__
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import FINAL_METRICS, SUMMARY_METRICS
-from rlmask.report.figures import plot_confusion_matrix, plot_run_curves
 from rlmask.io import atomic_write_bytes, read_jsonl
+from rlmask.report.figures import plot_confusion_matrix, plot_run_curves
 
 METRICS = SUMMARY_METRICS
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_precision": "macro precision",

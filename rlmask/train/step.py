@@ -9,7 +9,7 @@ gradient, the optimiser steps. Learning-rate schedules step once per batch, in t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -3,7 +3,6 @@ and nothing already written is lost."""
 
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest

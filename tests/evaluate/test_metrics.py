@@ -132,7 +132,7 @@ def _check_against_sklearn(probs, labels, k, present):
 @pytest.mark.parametrize("ties", [False, True])
 def test_matches_sklearn_on_random_inputs(k, ties):
     rng = np.random.default_rng(10 * k + ties)
-    for trial in range(5):
+    for _ in range(5):
         probs, labels, present = _random_case(rng, int(rng.integers(20, 200)), k, ties=ties)
         _check_against_sklearn(probs, labels, k, present)
 

@@ -184,7 +184,7 @@ def test_verdict_words():
 
 def test_one_seed_tables_carry_no_plus_minus_zero():
     # The summaries' writers show the mean alone when one seed (or repeat) gives no interval.
-    from rlmask.evaluate import compare, transfer
+    from rlmask.experiments import compare, transfer
 
     one = {m: mean_ci([0.5], bounds=(0.0, 1.0)) for m in compare.METRICS}
     result = {"config": {"data": ["x"], "model": "m", "seeds": 1, "epochs": 1, "finetune_epochs": 1},

@@ -6,8 +6,8 @@ from torch import nn
 
 from rlmask.errors import UserError
 from rlmask.models import create_model, list_models, register_model
-from rlmask.models.weights import load_init_weights
 from rlmask.models.resnet import Conv2d
+from rlmask.models.weights import load_init_weights
 
 
 def rand(*shape: int, requires_grad: bool = False) -> torch.Tensor:
