@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rlmask.errors import UserError
@@ -73,6 +74,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Numeric arrays as an .npz file, atomically (read back with ``np.load(path, allow_pickle=False)``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -196,6 +196,7 @@ def paired_seed_differences(
     method_values: Sequence[float | None] | Mapping[int, float | None],
     plain_values: Sequence[float | None] | Mapping[int, float | None],
     confidence: float = 0.95,
+    bounds: tuple[float, float] | None = (-1.0, 1.0),
 ) -> dict:
     """Per-seed differences ``method - plain`` and their mean with a Student-t interval.
 
@@ -204,7 +205,8 @@ def paired_seed_differences(
     undefined in that run) is dropped too.
 
     Returns {"seeds": the seeds (or positions) of the pairs used, "differences": their differences,
-    "mean", "low", "high", "std", "n"} (the last five as ``mean_ci``: scipy.stats.t interval; with one
+    "mean", "low", "high", "std", "n"} (the last five as ``mean_ci``: scipy.stats.t interval clipped to
+    ``bounds``, the range of a difference of [0, 1] metrics by default; with one
     pair low, high and std are None, with none the mean is None as well).
     """
     if isinstance(method_values, Mapping) != isinstance(plain_values, Mapping):
@@ -219,7 +221,7 @@ def paired_seed_differences(
         pairs = list(zip(range(len(method_values)), method_values, plain_values))
     used = [(s, float(m) - float(p)) for s, m, p in pairs if m is not None and p is not None]
     differences = [d for _, d in used]
-    stat = mean_ci(differences, confidence)
+    stat = mean_ci(differences, confidence, bounds=bounds)  # differences of [0, 1] metrics lie in [-1, 1]
     return {"seeds": [s for s, _ in used], "differences": differences, **stat}
 
 

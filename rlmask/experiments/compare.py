@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlmask.agents import AGENTS, get_agent
@@ -26,8 +27,9 @@ from rlmask.config import coerce_all, option
 from rlmask.data import Augment, build_pool
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
+from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, verdict
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, to_plain, write_json
-from rlmask.report.figures import plot_mask_gallery, plot_training_curves
+from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.train.loop import TrainConfig, fit
 from rlmask.train.methods import FinetuneConfig, PretrainConfig, finetune, pretrain
 
@@ -51,6 +53,7 @@ class CompareConfig(TrainConfig):
     methods: list[str] = option(DEFAULT_METHODS, f"methods to compare: {', '.join(AGENTS)}", metavar="METHOD")
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
     finetune_warmup: float = option(0.7, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
+    bootstrap_resamples: int = option(2000, "resamples of the paired bootstrap over the test images (per run)")
     method_option: list[str] = option([], "an option of one method, METHOD:NAME=VALUE (repeatable); a config file "
                                       "may instead hold a section per method", metavar="METHOD:NAME=VALUE")
     # {method: {option: value}} from the config file's per-method sections and --method-option
@@ -62,6 +65,8 @@ class CompareConfig(TrainConfig):
             get_agent(m, "--methods")
         if self.seeds < 1 or self.finetune_epochs < 0:
             raise UserError("--seeds must be >= 1, --finetune-epochs >= 0")
+        if self.bootstrap_resamples < 100:
+            raise UserError(f"--bootstrap-resamples {self.bootstrap_resamples}: must be at least 100")
         options = {m: dict(v) for m, v in self.method_options.items()}
         for item in self.method_option:
             method, sep, assignment = item.partition(":")
@@ -164,14 +169,117 @@ def run_comparison(cfg: CompareConfig) -> dict:
                       **{k: mean_ci([r[k] for r in per_seed], bounds=(0.0, 1.0)) for k in per_seed[0] if k != "seed"}}
                for name, per_seed in rows.items()}
     result = {"config": to_plain(cfg), "split": "test", "equal_compute_epochs": total,
-              "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary}
+              "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary,
+              "paired": paired_against_plain(cfg, out, rows)}
     write_json(out / "comparison.json", result)
-    figures = {"curves": plot_training_curves(curves, out / "curves.png", boundary=cfg.epochs).name}
+    figures = {}
+    if result["paired"]:
+        figures["differences"] = plot_differences(result["paired"], out / "differences.png",
+                                                  "equal compute, 95% intervals (see comparison.md)").name
+    figures["curves"] = plot_training_curves(curves, out / "curves.png", boundary=cfg.epochs).name
     gallery = _mask_gallery(cfg, out)
     if gallery:
         figures["masks"] = gallery.name
     atomic_write_bytes(out / "comparison.md", render_markdown(result, figures).encode())
     return result
+
+
+PAIRED_METRICS = ("macro_f1", "balanced_accuracy", "auroc")  # the table leads with these differences
+
+
+def _final_folder(cfg: CompareConfig, out: Path, method: str, seed: int) -> Path:
+    """The run folder of a method's final model for one seed (fine-tuned, or heated without fine-tuning)."""
+    if method == "plain":
+        return out / "plain" / f"seed{seed}"
+    return out / method / f"seed{seed}" / ("finetune" if cfg.finetune_epochs else "pretrain")
+
+
+def _predictions(folder: Path) -> dict | None:
+    path = folder / "predictions.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def paired_against_plain(cfg: CompareConfig, out: Path, rows: dict[str, list[dict]]) -> dict:
+    """Every method against plain training at equal compute, paired by seed and by test image.
+
+    Per method and metric: the per-seed differences to plain (same seed) with their mean and 95%
+    t-interval, and per seed a paired bootstrap over the test images (the same resampled images for
+    both models). The verdict rests on the seeds' interval when there are two seeds or more, else on
+    the single run's bootstrap interval (``basis`` says which).
+    """
+    plain_label = f"plain ({cfg.epochs + cfg.finetune_epochs} ep)"
+    if plain_label not in rows:
+        return {}
+    plain = {r["seed"]: r for r in rows[plain_label]}
+    paired = {}
+    for method in (m for m in cfg.methods if m != "plain"):
+        mine = {r["seed"]: r for r in rows[method]}
+        predictions = {s: (_predictions(_final_folder(cfg, out, method, s)), _predictions(_final_folder(cfg, out, "plain", s)))
+                       for s in mine if s in plain}
+        entry = {}
+        for k in PAIRED_METRICS:
+            seeds = paired_seed_differences({s: r[k] for s, r in mine.items()}, {s: r[k] for s, r in plain.items()})
+            boot = []
+            for s, (a, b) in predictions.items():
+                if a is None or b is None or not np.array_equal(a["labels"], b["labels"]):
+                    continue
+                res = paired_bootstrap(k, a["probs"], b["probs"], a["labels"], n_resamples=cfg.bootstrap_resamples,
+                                       seed=s)
+                boot.append({"seed": s, "difference": res["difference"], "low": res["low"], "high": res["high"],
+                             "verdict": verdict(res["low"], res["high"])})
+            if seeds["n"] >= 2:
+                low, high, basis = seeds["low"], seeds["high"], f"t-interval over {seeds['n']} seeds"
+            elif len(boot) == 1:
+                low, high, basis = boot[0]["low"], boot[0]["high"], "paired bootstrap over test images (1 seed)"
+            else:
+                low = high = basis = None
+            entry[k] = {"mean": seeds["mean"], "low": low, "high": high, "basis": basis, "verdict": verdict(low, high),
+                        "per_seed": dict(zip(seeds["seeds"], seeds["differences"])), "bootstrap": boot}
+        paired[method] = entry
+    return paired
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def _diff_cell(stat: dict) -> str:
+    """+0.0123 [-0.0100, +0.0346] better: a difference, its 95% interval (when there is one) and the verdict."""
+    value = stat["mean"] if "mean" in stat else stat.get("difference")
+    if value is None:
+        return "n/a"
+    interval = f" [{_signed(stat['low'])}, {_signed(stat['high'])}]" if stat["low"] is not None else ""
+    return f"{_signed(value)}{interval} {stat['verdict']}"
+
+
+def render_paired(result: dict) -> list[str]:
+    """The lead of comparison.md: method - plain with intervals and verdicts."""
+    paired = result.get("paired") or {}
+    if not paired:
+        return []
+    lines = ["## Method - plain (equal compute)", "",
+             "Difference of each method's fine-tuned model to plain training of the same seed, on the same test "
+             "images; 95% interval and verdict (better / worse / no detectable difference). With two seeds or "
+             "more the interval is the t-interval of the per-seed differences; with one seed, a paired bootstrap "
+             "over the test images (percentiles, so within the metric's range).", "",
+             "| method | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " | interval |",
+             "|---|" + "---|" * (len(PAIRED_METRICS) + 1)]
+    for method, entry in paired.items():
+        basis = entry[PAIRED_METRICS[0]]["basis"] or "none"
+        lines.append(f"| {method} | " + " | ".join(_diff_cell(entry[k]) for k in PAIRED_METRICS) + f" | {basis} |")
+    boot_rows = [(m, b) for m, entry in paired.items() for b in entry[PAIRED_METRICS[0]]["bootstrap"]]
+    if boot_rows:
+        lines += ["", "### Per seed: paired bootstrap over the test images", "",
+                  "| method | seed | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
+                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        for method, entry in paired.items():
+            for i, b in enumerate(entry[PAIRED_METRICS[0]]["bootstrap"]):
+                cells = [_diff_cell(entry[k]["bootstrap"][i]) for k in PAIRED_METRICS]
+                lines.append(f"| {method} | {b['seed']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _fmt(stat: dict) -> str:
@@ -197,7 +305,8 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
              f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
              f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
              f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
-             f"Wall time: {result['minutes']} min.", "", "## Equal compute", "", header.rstrip("\n")]
+             f"Wall time: {result['minutes']} min.", "", *render_paired(result), "## Equal compute", "",
+             header.rstrip("\n")]
     lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in equal]
     short = [m for m in methods if "reference view" in m]
     if short:

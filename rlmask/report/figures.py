@@ -109,6 +109,36 @@ def plot_transfer(results: dict[str, dict[str, dict]], path: Path, metric: str =
     return _save(fig, path)
 
 
+def plot_differences(paired: dict[str, dict[str, dict]], path: Path, title: str = "") -> Path:
+    """Method - plain per method, one panel per metric: the difference as a dot, its 95% interval as a bar,
+    a zero line, and the verdict in words beside each method. ``paired[method][metric]`` holds
+    {"mean", "low", "high", "verdict"} (comparison.json's "paired" entries)."""
+    methods = list(paired)
+    metrics = list(next(iter(paired.values()))) if paired else []
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 0.55 * len(methods) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, method in enumerate(methods):
+            stat = paired[method][metric]
+            if stat["mean"] is None:
+                continue
+            colour = {"better": "#1b7f3b", "worse": "#b3261e"}.get(stat["verdict"], "#4a5568")
+            if stat["low"] is not None:
+                ax.plot([stat["low"], stat["high"]], [i, i], color=colour, lw=2.5, solid_capstyle="butt")
+            ax.plot([stat["mean"]], [i], "o", color=colour, ms=6)
+            ax.annotate(stat["verdict"], (stat["mean"], i), textcoords="offset points", xytext=(0, 7), ha="center",
+                        fontsize=7.5, color=colour)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"{metric.replace('_', ' ')}: method - plain", fontsize=9.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_ylim(-0.7, len(methods) - 0.3)
+    axes[0][0].set_yticks(range(len(methods)), methods)
+    axes[0][0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.06)
+    return _save(fig, path)
+
+
 # log.jsonl bookkeeping keys that are not curves.
 _NOT_CURVES = ("epoch", "step", "train_seconds")
 

@@ -266,13 +266,25 @@ def _stat_cell(stat) -> tuple[str, float | None]:
 
 
 def _summary_table(methods: dict, names: list[str], prefix: str = "") -> str:
-    """Methods x metrics, mean ± half-width; the best mean of each column is highlighted."""
-    cells = {m: [_stat_cell(methods[m].get(prefix + k)) for k in METRICS] for m in names}
-    best = [max((cells[m][j][1] for m in names if cells[m][j][1] is not None), default=None)
-            for j in range(len(METRICS))]
-    rows = [[_e(m), *((text, "best" if len(names) > 1 and mean is not None and mean == best[j] else "")
-                      for j, (text, mean) in enumerate(cells[m]))] for m in names]
+    """Methods x metrics, mean ± half-width. No "best" highlight: which method is better is the paired
+    comparison's verdict, not the largest mean."""
+    rows = [[_e(m), *(_stat_cell(methods[m].get(prefix + k))[0] for k in METRICS)] for m in names]
     return _table(["method", *(LABELS[k] for k in METRICS)], rows)
+
+
+def _paired_table(paired: dict) -> str:
+    """method - plain per metric: difference [95% interval] and the verdict."""
+    metrics = list(next(iter(paired.values())))
+    rows = []
+    for method, entry in paired.items():
+        cells = []
+        for k in metrics:
+            stat = entry[k]
+            interval = (f' <span class="pm">[{_num(stat["low"])}, {_num(stat["high"])}]</span>'
+                        if stat.get("low") is not None else "")
+            cells.append(f'{_num(stat.get("mean"))}{interval} {_e(stat.get("verdict", ""))}')
+        rows.append([_e(method), *cells, _e(entry[metrics[0]].get("basis") or "none")])
+    return _table(["method", *(f"Δ {LABELS.get(k, k)}" for k in metrics), "interval"], rows)
 
 
 def _compare_section(folder: Path, scratch: Path) -> str:
@@ -286,8 +298,13 @@ def _compare_section(folder: Path, scratch: Path) -> str:
              f'{_e(cfg.get("seeds", "?"))} seed(s) ([low, high] where clipped to [0, 1]; the mean alone with one seed). Data: {_e(_plain(cfg.get("data")))}; model: '
              f'{_e(cfg.get("model", "?"))}; methods: {_e(cfg.get("epochs", "?"))} pretraining + '
              f'{_e(cfg.get("finetune_epochs", "?"))} fine-tuning epochs; plain: '
-             f'{_e(result.get("equal_compute_epochs", "?"))} epochs. Wall time: {_e(result.get("minutes", "?"))} min. '
-             'The best mean of each column is highlighted.</p>']
+             f'{_e(result.get("equal_compute_epochs", "?"))} epochs. Wall time: {_e(result.get("minutes", "?"))} min.</p>']
+    paired = result.get("paired") or {}
+    if paired:  # the answer first: does each method beat plain training?
+        parts.insert(0, "<h3>Method - plain (equal compute)</h3>"
+                     + _figure(_png_file(folder / "differences.png"),
+                               "difference to plain training of the same seed, 95% interval and verdict")
+                     + _paired_table(paired))
     if equal:
         parts.append("<h3>Equal compute</h3>" + _summary_table(methods, equal))
     if short:

@@ -27,7 +27,7 @@ from rlmask.agents.base import AgentOptimizer, MaskAgent
 from rlmask.config import option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
 from rlmask.errors import UserError
-from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json
+from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json, write_npz
 from rlmask.models import default_small_stem
 from rlmask.models.weights import load_init_weights
 from rlmask.train.schedules import make_scheduler
@@ -403,7 +403,12 @@ def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
                 metrics[f"{split}_{name}"] = run.task.validate(run.model, splits[split], classes, run.eval_aug,
                                                                view=_view_fn(view, generator),
                                                                **_eval_kwargs(run, f"{split} {name}"))
+    predictions = None  # the test split's predictions, kept for paired comparisons (predictions.npz)
+    if hasattr(run.task, "predict") and "test" in splits:
+        predictions = run.task.predict(run.model, splits["test"], run.eval_aug, **_eval_kwargs(run, None))
     if runtime.is_main_process():
+        if predictions is not None:
+            write_npz(run.out / "predictions.npz", predictions)
         write_json(run.out / "metrics.json", metrics)
         if on_finish is not None:
             on_finish(run)

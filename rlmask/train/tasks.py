@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rlmask.data import Augment, Split
 from rlmask.errors import UserError
-from rlmask.evaluate.inference import evaluate_split
+from rlmask.evaluate.inference import evaluate_split, predict_split
 from rlmask.evaluate.metrics import SUMMARY_METRICS
 from rlmask.io import save_checkpoint
 from rlmask.models import create_model
@@ -54,6 +55,12 @@ class ClassifyTask:
                  view: Callable | None = None, **kwargs) -> dict:
         """Metrics of ``model`` on ``split`` (see ``classification_metrics``), under ``view`` if given."""
         return evaluate_split(model, split, classes, transform, mask_fn=view, **kwargs)
+
+    def predict(self, model: nn.Module, split: Split, transform: Augment, **kwargs) -> dict[str, np.ndarray]:
+        """What the run keeps of its final test predictions (predictions.npz): {"probs" (N, K), "labels" (N,)},
+        for paired comparisons on the very same images."""
+        probs, labels = predict_split(model, split, transform, **kwargs)
+        return {"probs": probs.numpy().astype(np.float32), "labels": labels.numpy()}
 
     def export(self, model: nn.Module, out: Path) -> None:
         """heated.pt: the classifier alone, with timm's key names."""

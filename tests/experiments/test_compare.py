@@ -1,0 +1,37 @@
+"""``rlmask compare`` answers "does the method beat plain training?" with paired statistics."""
+
+import json
+
+import numpy as np
+
+from rlmask.cli import main
+from rlmask.evaluate.paired import paired_bootstrap, verdict
+
+TINY = ["--data", "synthetic:n=16,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
+        "--no-progress"]
+
+
+def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", *TINY, "--methods", "plain", "random-mask", "--epochs", "1", "--finetune-epochs", "1",
+                 "--seeds", "1", "--bootstrap-resamples", "500", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "comparison.json").read_text())
+    entry = result["paired"]["random-mask"]
+    assert set(entry) == {"macro_f1", "balanced_accuracy", "auroc"}
+    # One seed: the verdict rests on the run's paired bootstrap, recomputed here from the saved predictions.
+    a = np.load(out / "random-mask" / "seed0" / "finetune" / "predictions.npz")
+    b = np.load(out / "plain" / "seed0" / "predictions.npz")
+    for metric, stat in entry.items():
+        expected = paired_bootstrap(metric, a["probs"], b["probs"], b["labels"], n_resamples=500, seed=0)
+        boot = stat["bootstrap"][0]
+        assert (boot["difference"], boot["low"], boot["high"]) == (expected["difference"], expected["low"],
+                                                                  expected["high"])
+        assert stat["low"] == boot["low"] and stat["verdict"] == verdict(boot["low"], boot["high"])
+        assert stat["basis"].startswith("paired bootstrap")
+        per_seed = result["methods"]["random-mask"]["per_seed"][0][metric] - result["methods"]["plain (2 ep)"]["per_seed"][0][metric]
+        assert abs(stat["mean"] - per_seed) < 1e-12
+    md = (out / "comparison.md").read_text()
+    assert md.index("## Method - plain") < md.index("## Equal compute")
+    assert "± " not in md.split("## Method - plain")[1] and entry["macro_f1"]["verdict"] in md
+    assert (out / "differences.png").is_file()
