@@ -132,8 +132,14 @@ def open_manifest(spec: str, options: DataOptions | None = None, seed: int = 0) 
     named = ", ".join(f"{k}={header[c]}" for k, c in columns.items() if c is not None)
     details = {"layout": f"manifest ({named})", "split": made, "rows": len(rows), "skipped_rows": len(bad),
                **filt.report(), "warnings": warnings}
-    return Source(name=path.stem, spec=spec, classes=classes, native_shape=file_shape(splits["train"].files[0], spec),
+    return Source(name=manifest_name(path), spec=spec, classes=classes, native_shape=file_shape(splits["train"].files[0], spec),
                   splits=splits, details=details)
+
+
+def manifest_name(path: Path) -> str:
+    """The source's name: the file's stem, or its folder's name for generic stems (``busi/labels.csv`` -> busi)."""
+    generic = {"labels", "label", "manifest", "metadata", "meta", "data", "dataset", "index", "annotations", "images"}
+    return path.resolve().parent.name if path.stem.lower() in generic and path.resolve().parent.name else path.stem
 
 
 def _read_rows(path: Path, spec: str, sep: str | None, kind: str | None) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -79,7 +79,8 @@ def complete_splits(given: dict[str, tuple[list[str], np.ndarray]], classes: lis
     if val_fraction <= 0:
         raise UserError(f"--val-fraction {val_fraction}: --data {spec} has no val split to use, so this must be "
                         "positive")
-    fractions = {"val": val_fraction} if "test" in given else {"test": test_fraction, "val": val_fraction}
+    fractions = {"val": val_fraction} if "test" in given or test_fraction <= 0 else \
+        {"test": test_fraction, "val": val_fraction}
     files, labels = given["train"]
     parts = stratified_split(labels, classes, fractions, seed)
     if "val" not in parts:
@@ -88,7 +89,7 @@ def complete_splits(given: dict[str, tuple[list[str], np.ndarray]], classes: lis
     out = dict(given)
     for name, idx in parts.items():
         out[name] = ([files[i] for i in idx.tolist()], labels[idx])
-    record = {"seed": seed, "from": "train" if "test" in given else "all files", "made": list(fractions),
+    record = {"seed": seed, "from": "train files" if "test" in given else "all files", "made": [n for n in fractions if n in out],
               **{f"{name}_fraction": f for name, f in fractions.items()},
               "counts": {name: len(out[name][0]) for name in ("train", "val", "test") if name in out}}
     return out, record
