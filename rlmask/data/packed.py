@@ -31,10 +31,16 @@ _CHUNK = 256  # images per decoding task: large enough to amortise inter-process
 
 
 def is_packed(path: Path) -> bool:
-    """True for a directory that looks like a pack (meta.json or train labels, no train/ image folder)."""
+    """True for a directory that looks like a pack: train labels, or a meta.json and no sub-folders.
+
+    A dataset of class folders may ship a meta.json of its own; a pack never has sub-folders.
+    """
     path = Path(path)
-    return path.is_dir() and not (path / "train").is_dir() and \
-        ((path / META).is_file() or (path / "train-labels.npy").is_file())
+    if not path.is_dir() or (path / "train").is_dir():
+        return False
+    if (path / "train-labels.npy").is_file():
+        return True
+    return (path / META).is_file() and not any(p.is_dir() for p in path.iterdir())
 
 
 def pack_folder(src: str, out: Path, image_size: int, channels: int | None = None, shard_size: int = 50_000,

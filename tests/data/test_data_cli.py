@@ -15,6 +15,12 @@ from rlmask.cli import build_parser, main
 TINY = ["--model", "resnet10t", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    # Folder indexes of these temporary datasets go beside them, not into ~/.cache/rlmask.
+    monkeypatch.setenv("RLMASK_CACHE", str(tmp_path / "rlmask-cache"))
+
+
 def fails(args, capsys, *needles):
     code = main([str(a) for a in args])
     err = capsys.readouterr().err

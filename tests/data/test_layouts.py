@@ -182,3 +182,11 @@ def test_index_cache_does_not_depend_on_exclusions(tmp_path, monkeypatch):
 def test_images_without_class_folders(tmp_path):
     write_image(tmp_path / "flat" / "a.png", np.zeros((8, 8), np.uint8))
     assert "has no class folders" in _error(tmp_path / "flat")
+
+
+def test_zip_leftovers_and_a_datasets_own_meta_json(tmp_path):
+    root = make_lung_histology(tmp_path / "lung", per_class=4)
+    write_image(root / "__MACOSX" / "lung_n" / "lungn1.jpeg", np.zeros((8, 8, 3), np.uint8))  # from a macOS zip
+    (root / "meta.json").write_text('{"description": "the dataset\'s own, not an rlmask pack"}')
+    pool = build_pool([str(root)])
+    assert len(pool.classes) == 3 and sum(_sizes(pool).values()) == 12
