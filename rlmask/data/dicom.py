@@ -69,9 +69,13 @@ def read_dicom(path: str, spec: str, window: tuple[float, float] | None = None) 
     except Exception as e:  # missing pixel data, an unsupported compression, truncated pixels, ...
         raise UserError(f"--data {spec}: cannot decode DICOM file {path} ({_reason(e)})") from None
     if a.ndim == 3 and a.shape[-1] == 3:  # colour: scale the stored bit depth onto 8 bits
-        bits = int(ds.get("BitsStored", 8) or 8) if photometric != "PALETTE COLOR" else 16
-        return a.astype(np.uint8) if bits <= 8 else (a.astype(np.float64) * (255.0 / (2 ** bits - 1))).round() \
-            .clip(0, 255).astype(np.uint8)
+        if a.dtype == np.uint8:
+            return a
+        if photometric == "PALETTE COLOR":  # the LUT's entries are 8- or 16-bit
+            top = 65535 if a.max() > 255 else 255
+        else:
+            top = 2 ** int(ds.get("BitsStored", 16) or 16) - 1
+        return (a.astype(np.float64) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
     if a.ndim != 2:
         raise UserError(f"--data {spec}: DICOM file {path} has pixel shape {tuple(a.shape)}; rlmask reads 2-D "
                         "grey or RGB images")

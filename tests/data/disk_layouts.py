@@ -63,7 +63,8 @@ def make_lung_histology(root: Path, per_class: int = 10) -> Path:
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float | None = None,
                 intercept: float | None = None, window: tuple[float, float] | None = None, frames: int = 1) -> Path:
-    """Write a single- (or multi-) frame uncompressed DICOM file with pydicom (uint16 or int16 grey pixels)."""
+    """Write a single- (or multi-) frame uncompressed DICOM file with pydicom: uint16/int16 grey pixels
+    (H, W), or uint8 RGB (H, W, 3)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -77,9 +78,13 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
     stack = np.stack([pixels] * frames) if frames > 1 else pixels
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    if pixels.ndim == 3:  # (H, W, 3) uint8: RGB, pixel-interleaved
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
     if frames > 1:
         ds.NumberOfFrames = frames

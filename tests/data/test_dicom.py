@@ -12,7 +12,7 @@ import torch
 
 from disk_layouts import write_dicom
 from rlmask.data import build_pool
-from rlmask.data.dicom import read_dicom
+from rlmask.data.dicom import dicom_shape, read_dicom
 from rlmask.data.options import DataOptions
 from rlmask.errors import UserError
 
@@ -45,6 +45,15 @@ def test_monochrome1_is_inverted(tmp_path):
     normal = read_dicom(str(write_dicom(tmp_path / "m2.dcm", RAMP)), "x")
     inverted = read_dicom(str(write_dicom(tmp_path / "m1.dcm", RAMP, photometric="MONOCHROME1")), "x")
     assert np.array_equal(inverted, 255 - normal)
+
+
+@needs_pydicom
+def test_rgb_dicom_is_colour(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 40
+    path = write_dicom(tmp_path / "rgb.dcm", rgb)
+    assert np.array_equal(read_dicom(str(path), "x"), rgb)
+    assert dicom_shape(str(path), "x") == (4, 4, 3)  # counted as RGB by data info
 
 
 @needs_pydicom
