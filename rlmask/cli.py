@@ -163,29 +163,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(args: argparse.Namespace):
+    from rlmask.data.options import DataOptions
+
+    return resolve(DataOptions, args)
+
+
 def cmd_data_info(args: argparse.Namespace) -> int:
     from rlmask.data import build_pool
 
-    info = build_pool(args.specs, args.image_size, args.channels, cache_dir=args.cache_dir).info()
+    pool = build_pool(args.specs, args.image_size, args.channels, cache_dir=args.cache_dir, progress=args.progress,
+                      options=_data_options(args), seed=args.seed, warn=False)
+    info = pool.info(colours=True, progress=args.progress)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['num_classes']} classes, {info['channels']} channel(s), {info['image_size']} px")
+    warnings = []
     for source in info["sources"]:
-        print(f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} ({source['spec']})")
+        print(f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} "
+              f"({source['spec']})")
+        for line in _source_lines(source):
+            print(f"    {line}")
+        warnings += [f"--data {source['spec']}: {w}" for w in source.get("warnings", [])]
     splits = info["splits"]
     print(f"{'class':<40}" + "".join(f"{s:>8}" for s in splits))
     for name in info["classes"]:
         print(f"{name:<40}" + "".join(f"{splits[s]['per_class'].get(name, 0):>8}" for s in splits))
     print(f"{'total':<40}" + "".join(f"{splits[s]['count']:>8}" for s in splits))
+    for line in warnings:
+        print(f"warning: {line}")
     return 0
+
+
+def _source_lines(source: dict) -> list[str]:
+    """How one source was read, as lines for ``data info``: layout, split, exclusions, colours, pack sizes."""
+    lines = []
+    if source.get("layout") == "pack":
+        h, w, c = source["packed_from_native_shape"]
+        s = source["packed_shape"]
+        lines.append(f"pack: stored {s[0]}x{s[1]} px, {s[2]} channel(s); packed from native {h}x{w} px, "
+                     f"{c} channel(s) ({source.get('packed_from') or 'unknown source'})")
+    elif source.get("layout"):
+        lines.append(f"layout: {source['layout']}")
+    split = source.get("split")
+    if split:
+        fractions = ", ".join(f"{k.removesuffix('_fraction')} {v:g}" for k, v in split.items() if k.endswith("_fraction"))
+        counts = ", ".join(f"{k} {v}" for k, v in split["counts"].items())
+        lines.append(f"split: seeded (seed {split['seed']}) from {split['from']}: {fractions} -> {counts}")
+    for pattern, n in source.get("exclude", {}).items():
+        lines.append(f"--exclude {pattern!r}: removed {n} file(s)")
+    if source.get("masks"):
+        lines.append(f"mask-like files: {source['masks']} ({'used' if source.get('masks_kept') else 'left out'})")
+    if source.get("dropped_classes"):
+        lines.append(f"classes with every file left out: {', '.join(source['dropped_classes'])}")
+    if "rows" in source:
+        lines.append(f"manifest rows: {source['rows']}, bad rows skipped: {source.get('skipped_rows', 0)}")
+    if "colours" in source:
+        lines.append(f"files: {source['colours']['grey']} grey, {source['colours']['rgb']} RGB")
+    return lines
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
     from rlmask.data.packed import pack_folder
 
     meta = pack_folder(args.src, Path(args.out), args.image_size, args.channels, args.shard_size,
-                       num_workers=args.num_workers, progress=True)
+                       num_workers=args.num_workers, progress=args.progress, options=_data_options(args),
+                       seed=args.seed)
+    for line in meta["read"].get("warnings", []):
+        print(f"warning: --data {args.src}: {line}", file=sys.stderr)
     counts = ", ".join(f"{split} {v['count']}" for split, v in meta["splits"].items())
     print(f"{len(meta['classes'])} classes, {meta['channels']} channel(s), {meta['image_size']} px "
           f"({counts}) -> {args.out}")
@@ -220,6 +266,18 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
                              "--no-amp reproduces figures of float32 runs)")
+
+
+def _data_read_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``data info`` / ``data pack`` that read data as ``rlmask train`` does (split seed, DataOptions)."""
+    from rlmask.data.options import DataOptions
+
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the split of data without val/test splits, as `rlmask train --seed` (default: 0)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars (default: on; --no-progress hides them)")
+    add_dataclass_arguments(parser, DataOptions)
+
 
 
 AGENT_COMMANDS = ("pretrain", "bench")  # commands whose flags include those of the --method's agent
@@ -296,22 +354,27 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="preds.csv", help="CSV file to write")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("data", help="inspect data sources")
+    p = sub.add_parser("data", help="inspect and pack data sources")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    q = data_sub.add_parser("info", help="classes, counts per split and image shapes of a pool")
-    q.add_argument("specs", nargs="+", metavar="SPEC")
-    q.add_argument("--image-size", type=int)
-    q.add_argument("--channels", type=int)
-    q.add_argument("--cache-dir")
-    q.add_argument("--json", action="store_true")
+    q = data_sub.add_parser("info", help="classes, counts per split, layout, exclusions and image shapes of a pool")
+    q.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="--data specs as for train: file.npz, image folder, labels.csv / csv:FILE?path=COL&label=COL, "
+                        "pack folder, medmnist:NAME, synthetic")
+    _data_read_flags(q)
+    q.add_argument("--image-size", type=int, metavar="PX", help="image side of the pool (default: the largest native side)")
+    q.add_argument("--channels", type=int, choices=[1, 3], help="1 or 3 (default: 3 if any source is RGB, else 1)")
+    q.add_argument("--cache-dir", metavar="DIR", help="download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=cmd_data_info)
-    q = data_sub.add_parser("pack", help="decode and resize an image folder once into memory-mapped shards")
-    q.add_argument("src", metavar="SRC", help="image folder: train/, val/ [test/] with one folder per class")
+    q = data_sub.add_parser("pack", help="decode and resize an image folder or manifest once into memory-mapped shards")
+    q.add_argument("src", metavar="SRC", help="image folder (class folders, optionally inside train/ val/ test/) or "
+                                             "labels.csv / csv:FILE?path=COL&label=COL&split=COL")
     q.add_argument("--out", required=True, metavar="DIR", help="pack folder to create (must not exist)")
-    q.add_argument("--image-size", type=int, required=True, metavar="PX")
-    q.add_argument("--channels", type=int, help="1 or 3 (default: those of the first training image)")
-    q.add_argument("--shard-size", type=int, default=50_000, metavar="N", help="images per shard file")
+    q.add_argument("--image-size", type=int, required=True, metavar="PX", help="side of the stored square images")
+    q.add_argument("--channels", type=int, choices=[1, 3], help="1 or 3 (default: those of the first training image)")
+    q.add_argument("--shard-size", type=int, default=50_000, metavar="N", help="images per shard file (default: 50000)")
     q.add_argument("--num-workers", type=int, default=0, metavar="W", help="decoding processes (default: 0)")
+    _data_read_flags(q)
     q.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -21,6 +21,8 @@ import torch
 from tqdm import tqdm
 
 from rlmask.data.folder import decode_image, open_folder
+from rlmask.data.manifest import is_manifest_spec, open_manifest
+from rlmask.data.options import DataOptions
 from rlmask.data.source import RawSplit, Source, resize_images
 from rlmask.errors import UserError
 
@@ -29,17 +31,25 @@ _CHUNK = 256  # images per decoding task: large enough to amortise inter-process
 
 
 def is_packed(path: Path) -> bool:
-    """True for a directory that looks like a pack (meta.json or train labels, no train/ image folder)."""
+    """True for a directory that looks like a pack: train labels, or a meta.json and no sub-folders.
+
+    A dataset of class folders may ship a meta.json of its own; a pack never has sub-folders.
+    """
     path = Path(path)
-    return path.is_dir() and not (path / "train").is_dir() and \
-        ((path / META).is_file() or (path / "train-labels.npy").is_file())
+    if not path.is_dir() or (path / "train").is_dir():
+        return False
+    if (path / "train-labels.npy").is_file():
+        return True
+    return (path / META).is_file() and not any(p.is_dir() for p in path.iterdir())
 
 
 def pack_folder(src: str, out: Path, image_size: int, channels: int | None = None, shard_size: int = 50_000,
-                num_workers: int = 0, progress: bool = False) -> dict:
-    """Decode and resize every image of the image folder ``src`` once and write the pack ``out``.
+                num_workers: int = 0, progress: bool = False, options: DataOptions | None = None,
+                seed: int = 0) -> dict:
+    """Decode and resize every image of the image folder or manifest ``src`` once and write the pack ``out``.
 
-    channels None -> the channels of the folder's first training image. The pack is written to a
+    channels None -> the channels of the first training image. ``options`` and ``seed`` read ``src`` as
+    :func:`rlmask.data.build_pool` does; a split made by them is frozen into the pack (and its meta.json). The pack is written to a
     temporary folder beside ``out`` and renamed at the end, so a failure leaves no half-written pack.
     Decoding runs in ``num_workers`` processes when positive. Returns the pack's ``meta.json`` content;
     raises UserError for bad input (an existing ``out`` included: packs are never overwritten).
@@ -54,11 +64,17 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
     if out.exists() or out.is_symlink():
         what = "already holds a pack" if (out / META).is_file() else "already exists"
         raise UserError(f"--out {out}: {what}; packs are never overwritten, remove it or choose another folder")
+    options = options or DataOptions()
+    options.validate()
+    window = options.window_values()
     root = Path(src).expanduser()
-    if not root.is_dir():
-        raise UserError(f"{src}: not an image folder (expected train/, val/ and optionally test/ "
-                        "with one folder per class)")
-    source = open_folder(root, src, cache_dir=None)  # no index cache: the folder is walked once anyway
+    if is_manifest_spec(src):
+        source = open_manifest(src, options, seed)
+    elif root.is_dir() and not is_packed(root):
+        source = open_folder(root, src, cache_dir=None, options=options, seed=seed)  # walked once anyway
+    else:
+        raise UserError(f"{src}: not an image folder (class folders, optionally inside train/, val/, test/) "
+                        "or a .csv/.tsv manifest")
     c = channels or source.native_shape[2]
 
     # The whole layout (and so meta.json) follows from the file lists; decoding only fills it in.
@@ -72,7 +88,8 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
                   for shard, s in zip(shards, starts) for i in range(0, shard["count"], _CHUNK)]
     meta = {"format": FORMAT, "version": VERSION, "name": source.name, "source": str(src),
             "classes": source.classes, "image_size": image_size, "channels": c,
-            "native_shape": list(source.native_shape), "splits": splits}
+            "native_shape": list(source.native_shape), "splits": splits,
+            "read": source.details}  # layout, split made, exclusions, warnings
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -81,7 +98,7 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
     try:
         for split, raw in source.splits.items():
             np.save(tmp / splits[split]["labels_file"], raw.labels.numpy().astype(np.int64))
-        jobs = ((files, c, image_size, src) for _, _, files in tasks)
+        jobs = ((files, c, image_size, src, window) for _, _, files in tasks)
         bar = tqdm(total=sum(s["count"] for s in splits.values()), desc="pack", unit="img", disable=not progress)
         with multiprocessing.Pool(num_workers) if num_workers > 0 else contextlib.nullcontext() as pool:
             chunks = pool.imap(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)  # in task order
@@ -107,10 +124,10 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
     return meta
 
 
-def _decode_chunk(job: tuple[list[str], int, int, str]) -> np.ndarray:
+def _decode_chunk(job: tuple[list[str], int, int, str, tuple[float, float] | None]) -> np.ndarray:
     """uint8 (b, C, S, S) of a list of image files (runs in a worker process when packing in parallel)."""
-    files, channels, size, spec = job
-    return np.stack([decode_image(f, channels, size, spec).numpy() for f in files])
+    files, channels, size, spec, window = job
+    return np.stack([decode_image(f, channels, size, spec, window).numpy() for f in files])
 
 
 def open_packed(root: Path, spec: str) -> Source:
@@ -135,6 +152,7 @@ def open_packed(root: Path, spec: str) -> Source:
         layout = {s: (int(v["count"]), [(str(sh["file"]), int(sh["count"])) for sh in v["shards"]],
                       str(v["labels_file"])) for s, v in meta["splits"].items()}
         name = str(meta["name"])
+        native = [int(v) for v in meta.get("native_shape", [size, size, c])]
     except UserError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -151,7 +169,9 @@ def open_packed(root: Path, spec: str) -> Source:
         if count and (labels.min() < 0 or labels.max() >= len(classes)):
             fail(f"{root / labels_file}: labels out of range for {len(classes)} classes")
         splits[split] = RawSplit(labels=torch.from_numpy(labels), shards=shards)
-    return Source(name=name, spec=spec, classes=classes, native_shape=(size, size, c), splits=splits)
+    details = {"layout": "pack", "packed_shape": [size, size, c], "packed_from_native_shape": native,
+               "packed_from": str(meta.get("source", ""))}
+    return Source(name=name, spec=spec, classes=classes, native_shape=(size, size, c), splits=splits, details=details)
 
 
 def _open_npy(path: Path, shape: tuple[int, ...], dtype, fail) -> np.memmap:

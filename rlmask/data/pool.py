@@ -2,20 +2,25 @@
 
 Classes are namespaced ``source/class`` in ``--data`` order; every image comes out at one size and one
 channel count. In-memory sources (npz, medmnist, synthetic) are resized once when the pool is built;
-folder-backed sources decode with PIL when a batch is loaded; packed folders stay memory-mapped and a
-batch reads only its rows.
+folder-backed sources (image folders, CSV/TSV manifests) decode with PIL (DICOM with pydicom) when a batch
+is loaded; packed folders stay memory-mapped and a batch reads only its rows. How folders and manifests
+are read (seeded splits, exclusions, DICOM windows) is set by :class:`~rlmask.data.options.DataOptions`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from rlmask.data.folder import decode_image, open_folder
+from rlmask.data.folder import colour_counts, decode_image, open_folder
+from rlmask.data.manifest import is_manifest_spec, open_manifest
 from rlmask.data.medmnist import cache_root, open_medmnist
 from rlmask.data.npz import open_npz
+from rlmask.data.options import DataOptions
 from rlmask.data.packed import PackedPart, is_packed, open_packed
 from rlmask.data.source import Source, resize_images
 from rlmask.data.synthetic import open_synthetic
@@ -41,14 +46,14 @@ class _MemoryPart:
 class _FolderPart:
     """Image files of one source split, decoded and resized when loaded."""
 
-    def __init__(self, files: list[str], spec: str, size: int):
-        self.files, self.spec, self.size = files, spec, size
+    def __init__(self, files: list[str], spec: str, size: int, window: tuple[float, float] | None = None):
+        self.files, self.spec, self.size, self.window = files, spec, size, window
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: torch.Tensor, channels: int) -> torch.Tensor:
-        imgs = [decode_image(self.files[i], channels, self.size, self.spec) for i in index.tolist()]
+        imgs = [decode_image(self.files[i], channels, self.size, self.spec, self.window) for i in index.tolist()]
         return torch.stack(imgs) if imgs else torch.empty((0, channels, self.size, self.size), dtype=torch.uint8)
 
 
@@ -102,7 +107,7 @@ class Split:
                 parts.append(old.subset(local))
                 continue
             parts.append(_MemoryPart(old.images[local]) if isinstance(old, _MemoryPart)
-                         else _FolderPart([old.files[i] for i in local.tolist()], old.spec, old.size))
+                         else _FolderPart([old.files[i] for i in local.tolist()], old.spec, old.size, old.window))
         return Split(parts, self.labels[index], self.channels, self.image_size)
 
 
@@ -144,15 +149,24 @@ class Pool:
         splits = dict(self.splits) | {split: self.splits[split].subset(index)}
         return Pool(self._sources, self.sources, self.classes, self.channels, self.image_size, splits)
 
-    def info(self) -> dict:
-        """Plain-data summary: classes, channels, image size, sources and per-split class counts."""
+    def info(self, colours: bool = False, progress: bool = False) -> dict:
+        """Plain-data summary: classes, channels, image size, sources (with how each was read) and
+        per-split class counts. ``colours``: also count grey and RGB files of file-backed sources (reads
+        every file's header)."""
+        sources = []
+        for n, s in zip(self.sources, self._sources):
+            entry = {"name": n, "spec": s.spec, "num_classes": len(s.classes), "native_shape": list(s.native_shape),
+                     **s.details}
+            files = [f for raw in s.splits.values() if raw.files is not None for f in raw.files]
+            if colours and files:
+                entry["colours"] = colour_counts(files, s.spec, progress)
+            sources.append(entry)
         return {
             "num_classes": len(self.classes),
             "classes": list(self.classes),
             "channels": self.channels,
             "image_size": self.image_size,
-            "sources": [{"name": n, "spec": s.spec, "num_classes": len(s.classes), "native_shape": list(s.native_shape)}
-                        for n, s in zip(self.sources, self._sources)],
+            "sources": sources,
             "splits": {name: {"count": len(split),
                               "per_class": dict(zip(self.classes, torch.bincount(
                                   split.labels, minlength=len(self.classes)).tolist()))}
@@ -160,32 +174,44 @@ class Pool:
         }
 
 
-def open_source(spec: str, cache_dir: str | Path | None = None, progress: bool = False) -> Source:
-    """The :class:`Source` named by one ``--data`` spec (validated, images not read yet)."""
+def open_source(spec: str, cache_dir: str | Path | None = None, progress: bool = False,
+                options: DataOptions | None = None, seed: int = 0) -> Source:
+    """The :class:`Source` named by one ``--data`` spec (validated, images not read yet).
+
+    ``options`` and ``seed`` matter to image folders and manifests only (see :func:`build_pool`).
+    """
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return open_synthetic(spec)
     if spec.startswith("medmnist:"):
         return open_medmnist(spec, cache_dir, progress)
+    if is_manifest_spec(spec):
+        return open_manifest(spec, options, seed)
     path = Path(spec).expanduser()
     if spec.lower().endswith(".npz"):
         return open_npz(path, spec)
     if is_packed(path):
         return open_packed(path, spec)
     if path.is_dir():
-        return open_folder(path, spec, cache_root(cache_dir))
+        return open_folder(path, spec, cache_root(cache_dir), options, seed)
     if path.exists():
-        raise UserError(f"--data {spec}: not a .npz file or an image folder")
-    raise UserError(f"--data {spec}: not found (expected a .npz file, an image folder with train/ and val/, "
+        raise UserError(f"--data {spec}: not a .npz file or an image folder (nor a .csv/.tsv manifest)")
+    raise UserError(f"--data {spec}: not found (expected a .npz file, an image folder, a .csv/.tsv manifest, "
                     "'synthetic[:key=value,...]' or 'medmnist:NAME[@SIZE]')")
 
 
 def build_pool(specs: list[str], image_size: int | None = None, channels: int | None = None,
-               cache_dir: str | Path | None = None, progress: bool = False) -> Pool:
+               cache_dir: str | Path | None = None, progress: bool = False, options: DataOptions | None = None,
+               seed: int = 0, warn: bool = True) -> Pool:
     """Open every ``--data`` spec and build the pool.
 
     image_size None -> the largest native side among the sources; channels None -> 3 if any source is
     colour, else 1. In-memory images are resized here, once; raises UserError for bad input.
+    ``options`` says how image folders and manifests are read; ``seed`` (the run's) seeds the split of
+    those without val/test splits unless ``options.split_seed`` is set. ``warn``: print each source's
+    warnings (masks left out, rows skipped, patterns that matched nothing) to stderr, once per job.
     """
+    options = options or DataOptions()
+    options.validate()
     if isinstance(specs, str):
         specs = [specs]
     if not specs:
@@ -194,7 +220,12 @@ def build_pool(specs: list[str], image_size: int | None = None, channels: int | 
         raise UserError(f"--image-size {image_size}: must be a positive integer")
     if channels not in (None, 1, 3):
         raise UserError(f"--channels {channels}: must be 1 or 3")
-    sources = [open_source(s, cache_dir, progress) for s in specs]
+    window = options.window_values()
+    sources = [open_source(s, cache_dir, progress, options, seed) for s in specs]
+    if warn and int(os.environ.get("RANK", "0")) == 0:
+        for s in sources:
+            for line in s.details.get("warnings", []):
+                print(f"warning: --data {s.spec}: {line}", file=sys.stderr)
     size = image_size or max(max(s.native_shape[:2]) for s in sources)
     channels = channels or (3 if any(s.native_shape[2] == 3 for s in sources) else 1)
 
@@ -216,7 +247,7 @@ def build_pool(specs: list[str], image_size: int | None = None, channels: int | 
             if raw is None:
                 continue
             if raw.files is not None:
-                parts.append(_FolderPart(raw.files, s.spec, size))
+                parts.append(_FolderPart(raw.files, s.spec, size, window))
             elif raw.shards is not None:  # memory-mapped: nothing read until a batch is loaded
                 parts.append(PackedPart(raw.shards, size))
             else:

@@ -37,6 +37,9 @@ class Source:
     classes: list[str]
     native_shape: tuple[int, int, int]  # (H, W, C) with C in {1, 3}
     splits: dict[str, RawSplit] = field(default_factory=dict)
+    # Plain data on how the source was read, for ``data info`` and the log: layout, the split made,
+    # files excluded per pattern, masks seen, rows skipped, and one-line ``warnings``.
+    details: dict = field(default_factory=dict)
 
 
 def resize_images(images: np.ndarray | torch.Tensor, channels: int, size: int,

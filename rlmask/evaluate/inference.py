@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from rlmask import runtime as dist
 from rlmask.data import Augment, BatchLoader, Split
+from rlmask.data.options import DATA_OPTION_NAMES, DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import classification_metrics
 from rlmask.io import atomic_write_bytes
@@ -91,7 +92,12 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
     from rlmask.models.weights import load_classifier
 
     model, meta = load_classifier(path, model_name)
-    pool = build_pool(data_specs, meta.get("image_size"), meta.get("channels"), cache_dir=cache_dir)
+    # Data without fixed splits is split as in training (the run's seed and split options), so the test
+    # split scored here is the one the model never saw.
+    run = meta.get("config") or {}
+    pool = build_pool(data_specs, meta.get("image_size"), meta.get("channels"), cache_dir=cache_dir,
+                      options=DataOptions(**{k: v for k, v in run.items() if k in DATA_OPTION_NAMES}),
+                      seed=run.get("seed", 0))
     if split not in pool.splits:
         raise UserError(f"--split {split}: the data has no {split} split (has {', '.join(pool.splits)})")
     _checkpoint_fits(model, meta, pool.classes, path, data_specs)

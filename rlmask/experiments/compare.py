@@ -25,6 +25,7 @@ import torch
 from rlmask.agents import AGENTS, get_agent
 from rlmask.config import coerce_all, option
 from rlmask.data import Augment, build_pool
+from rlmask.data.options import DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
 from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, verdict
@@ -326,7 +327,8 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     methods = [m for m in cfg.methods if m != "plain"]
     if not methods:
         return None
-    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir)
+    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir,
+                      options=DataOptions.from_config(cfg), seed=0)  # the seed-0 runs' split
     val = pool.splits["val"]
     index = torch.linspace(0, len(val) - 1, n).long()
     x_u8 = val.load(index)  # (n, C, S, S)

@@ -95,7 +95,8 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     rlmask checkpoints carry their model and data description. A plain state dict (``heated.pt``, a
     timm file) takes its architecture from ``model_name`` or the ``config.json`` of the run folder
     beside it, its class count and input channels from the tensors' shapes.
-    Returns ``(model in eval mode on the CPU, {"classes", "channels", "image_size", "mean", "std", "small_stem", "model"})``
+    Returns ``(model in eval mode on the CPU, {"classes", "channels", "image_size", "mean", "std", "small_stem", "model",
+    "config"})`` (config: the training run's options, where known)
     where unknown entries are None.
     """
     path = Path(path)
@@ -104,7 +105,7 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
         info, data = obj["model_info"], dict(obj["data"])
         model = create_model(info["name"], info["num_classes"], in_chans=data["channels"], small_stem=info["small_stem"])
         model.load_state_dict(obj["model"])
-        return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"]}
+        return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"], "config": obj.get("config")}
     state = extract_state_dict(obj)
     sidecar = path.parent / "config.json"
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
@@ -119,5 +120,5 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
     load_init_weights(model, path, option)
     data = {"classes": None, "channels": stem.shape[1], "image_size": meta.get("image_size"),
-            "mean": DEFAULT_NORM[0], "std": DEFAULT_NORM[1], "small_stem": small_stem, "model": name}
+            "mean": DEFAULT_NORM[0], "std": DEFAULT_NORM[1], "small_stem": small_stem, "model": name, "config": meta or None}
     return model.eval(), data

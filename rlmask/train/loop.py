@@ -26,6 +26,7 @@ from rlmask import runtime
 from rlmask.agents.base import AgentOptimizer, MaskAgent
 from rlmask.config import option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
+from rlmask.data.options import DataOptions, data_option
 from rlmask.errors import UserError
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json, write_npz
 from rlmask.models import default_small_stem
@@ -40,6 +41,15 @@ class TrainConfig:
     """Options of ``rlmask train`` (and the base of pretrain / finetune)."""
 
     data: list[str] = option(["synthetic"], "data source(s): file.npz, medmnist:NAME[@SIZE], image folder, synthetic[:k=v,...]", metavar="SPEC")
+    # --- how image folders and manifests are read: rlmask.data.options.DataOptions, same names (issue 14) ---
+    val_fraction: float = data_option("val_fraction")
+    test_fraction: float = data_option("test_fraction")
+    split_seed: int | None = data_option("split_seed")
+    exclude: list[str] = data_option("exclude")
+    keep_masks: bool = data_option("keep_masks")
+    skip_bad_rows: bool = data_option("skip_bad_rows")
+    window: str | None = data_option("window")
+    # --- end of the data options ---
     model: str = option("resnet18", "classifier: a registered model (see `rlmask models`) or timm:<name>")
     epochs: int = option(10, "training epochs")
     image_size: int | None = option(None, "image side in pixels (default: the largest native side of the data)", metavar="PX")
@@ -190,7 +200,8 @@ class Progress:
 
 
 def _pool(cfg: TrainConfig, show: bool) -> Pool:
-    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show)
+    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show,
+                      options=DataOptions.from_config(cfg), seed=cfg.seed)
     if cfg.train_per_class:
         pool = pool.subsample("train", cfg.train_per_class, seed=cfg.seed)
     for split in ("val", "test") if cfg.eval_per_class else ():
@@ -260,7 +271,8 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
                data_info, model_info)
 
 
-RESUME_KEYS = ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size")
+RESUME_KEYS = ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size", "val_fraction",
+               "test_fraction", "split_seed", "exclude", "keep_masks", "skip_bad_rows", "window")
 
 
 def restore(run: Run, path: str) -> Progress:

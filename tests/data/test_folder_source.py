@@ -104,11 +104,17 @@ def test_empty_class_folder(tree, tmp_path):
     assert "kidney has no images" in msg and str(tree / "val" / "CT" / "kidney") in msg
 
 
-def test_missing_val(tree, tmp_path):
+def test_train_only_gets_a_seeded_val_and_test_split(tree, tmp_path):
     import shutil
 
-    shutil.rmtree(tree / "val")
-    assert "has no val/ folder" in _error(str(tree), tmp_path)
+    shutil.rmtree(tree / "val")  # train/ alone: val and test are split off it, 3 images per class
+    pool = build_pool([str(tree)], cache_dir=tmp_path)
+    assert {k: len(v) for k, v in pool.splits.items()} == {"train": 4, "val": 4, "test": 4}
+
+
+def test_split_folders_without_train(tree, tmp_path):
+    (tree / "train").rename(tree / "Testing")
+    assert "but no train/ (or training/) folder" in _error(str(tree), tmp_path)
 
 
 def test_undecodable_image(tree, tmp_path):
