@@ -144,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlmask.evaluate.metrics import FINAL_METRICS
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, model_name=args.model,
-                                  batch_size=args.batch_size, device=args.device, amp=args.amp, cache_dir=args.cache_dir)
+                                  batch_size=args.batch_size, device=args.device, amp=args.amp, cache_dir=args.cache_dir,
+                                  trust=args.trust_checkpoint)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -158,7 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import predict_files
 
     rows = predict_files(args.checkpoint, args.inputs, args.out, model_name=args.model, batch_size=args.batch_size,
-                         device=args.device, amp=args.amp)
+                         device=args.device, amp=args.amp, trust=args.trust_checkpoint)
     print(f"{rows} predictions -> {args.out}")
     return 0
 
@@ -266,6 +267,9 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
                              "--no-amp reproduces figures of float32 runs)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that holds Python objects beyond tensors and plain data: this RUNS "
+                             "CODE from the file (only for files you trust)")
 
 
 def _data_read_flags(parser: argparse.ArgumentParser) -> None:

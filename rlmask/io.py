@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -90,14 +91,32 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """Load a checkpoint or a plain state dict on the CPU; bad files raise a one-line UserError."""
+TRUST_FLAG = "--trust-checkpoint"
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint", trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint or a plain state dict on the CPU; bad files raise a one-line UserError.
+
+    Never runs code from the file unless ``trust``: torch's ``weights_only`` unpickler admits tensors and
+    plain data only (all that rlmask writes); a file that needs more is refused, naming ``--trust-checkpoint``.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{what} {path}: file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if not trust and "weights_only" in str(err).replace(" ", "_").lower():
+            found = re.search(r"GLOBAL (\S+)|global (\S+)|(\w+(?:\.\w+)+) was not an allowed", str(err))
+            name = next((g for g in found.groups() if g), None) if found else None
+            raise UserError(f"{what} {path}: refused: it holds Python objects{f' ({name})' if name else ''} beyond "
+                            f"tensors and plain data, and loading it would run their code; {TRUST_FLAG} loads it "
+                            "anyway (only for files you trust)") from None
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(obj, dict):

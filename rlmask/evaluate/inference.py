@@ -86,12 +86,13 @@ def _checkpoint_fits(model: nn.Module, meta: dict, classes: list[str], path, dat
 
 
 def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", model_name: str | None = None,
-                        batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None) -> dict:
+                        batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None,
+                        trust: bool = False) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
     from rlmask.data import build_pool
     from rlmask.models.weights import load_classifier
 
-    model, meta = load_classifier(path, model_name)
+    model, meta = load_classifier(path, model_name, trust=trust)
     # Data without fixed splits is split as in training (the run's seed and split options), so the test
     # split scored here is the one the model never saw.
     run = meta.get("config") or {}
@@ -126,12 +127,13 @@ def _image_files(inputs: list[str]) -> list[Path]:
 
 
 def predict_files(path, inputs: list[str], out, *, model_name: str | None = None, batch_size: int = 256,
-                  device: str = "auto", image_size: int | None = None, amp: bool | None = None) -> int:
+                  device: str = "auto", image_size: int | None = None, amp: bool | None = None,
+                  trust: bool = False) -> int:
     """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count."""
     from rlmask.data.folder import decode_image
     from rlmask.models.weights import load_classifier
 
-    model, meta = load_classifier(path, model_name)
+    model, meta = load_classifier(path, model_name, trust=trust)
     size = image_size or meta.get("image_size")
     if size is None:
         raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")

@@ -76,6 +76,8 @@ class TransferConfig:
     amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively, as in training)")
     cache_dir: str | None = option(None, "download/index cache")
     progress: bool = option(True, "show a progress bar")
+    trust_checkpoint: bool = option(False, "load checkpoints that hold Python objects beyond tensors and plain data: "
+                                    "this RUNS CODE from the file (only for files you trust)")
 
     def validate(self) -> None:
         if not self.checkpoints:
@@ -272,7 +274,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # a bool from here on, recorded as used
     labels = checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
-    loaded = [load_classifier(path, cfg.model, option="checkpoint") for path in cfg.checkpoints]
+    loaded = [load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint) for path in cfg.checkpoints]
     pools: dict = {}
     subsets: dict = {}
     results, info = {}, {}

@@ -54,9 +54,9 @@ def _adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight
 
 
-def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init") -> list[str]:
+def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init", trust: bool = False) -> list[str]:
     """Load classifier weights from ``path`` into ``model``; returns the keys left at their fresh values."""
-    state = extract_state_dict(load_checkpoint(path, option))
+    state = extract_state_dict(load_checkpoint(path, option, trust))
     if not state:
         raise UserError(f"{option} {path}: holds no tensors of a model state dict")
     own = model.state_dict()
@@ -89,7 +89,8 @@ def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init"
     return fresh
 
 
-def load_classifier(path: str | Path, model_name: str | None = None, option: str = "checkpoint") -> tuple[nn.Module, dict]:
+def load_classifier(path: str | Path, model_name: str | None = None, option: str = "checkpoint",
+                    trust: bool = False) -> tuple[nn.Module, dict]:
     """A ready classifier from any checkpoint kind, and what is known of the data it was trained on.
 
     rlmask checkpoints carry their model and data description. A plain state dict (``heated.pt``, a
@@ -100,11 +101,16 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     where unknown entries are None.
     """
     path = Path(path)
-    obj = load_checkpoint(path, option)
+    obj = load_checkpoint(path, option, trust)
     if obj.get("kind") == "rlmask":
-        info, data = obj["model_info"], dict(obj["data"])
-        model = create_model(info["name"], info["num_classes"], in_chans=data["channels"], small_stem=info["small_stem"])
-        model.load_state_dict(obj["model"])
+        try:
+            info, data = obj["model_info"], dict(obj["data"])
+            model = create_model(info["name"], info["num_classes"], in_chans=data["channels"],
+                                 small_stem=info["small_stem"])
+            model.load_state_dict(obj["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise UserError(f"{option} {path}: an incomplete or damaged rlmask checkpoint ({reason})") from None
         return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"], "config": obj.get("config")}
     state = extract_state_dict(obj)
     sidecar = path.parent / "config.json"
@@ -118,7 +124,7 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
     small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
     model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
-    load_init_weights(model, path, option)
+    load_init_weights(model, path, option, trust)
     data = {"classes": None, "channels": stem.shape[1], "image_size": meta.get("image_size"),
             "mean": DEFAULT_NORM[0], "std": DEFAULT_NORM[1], "small_stem": small_stem, "model": name, "config": meta or None}
     return model.eval(), data

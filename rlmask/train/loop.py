@@ -84,6 +84,8 @@ class TrainConfig:
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
     cache_dir: str | None = option(None, "download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
     progress: bool = option(True, "show progress bars")
+    trust_checkpoint: bool = option(False, "load --init / --resume checkpoints that hold Python objects beyond tensors "
+                                    "and plain data: this RUNS CODE from the file (only for files you trust)")
 
     def validate(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
@@ -225,7 +227,7 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     model = task.build_model(cfg.model, len(pool.classes), pool.channels, small_stem)
     agent = make_agent(pool)
     if cfg.init:
-        load_init_weights(model, cfg.init)
+        load_init_weights(model, cfg.init, trust=cfg.trust_checkpoint)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     agent.to(device, memory_format=memory_format)
@@ -277,7 +279,7 @@ RESUME_KEYS = ("data", "model", "image_size", "batch_size", "seed", "method", "a
 
 def restore(run: Run, path: str) -> Progress:
     """The progress saved in checkpoint ``path``, with every network, optimiser, schedule and RNG restored."""
-    ckpt = load_checkpoint(path, "--resume")
+    ckpt = load_checkpoint(path, "--resume", run.cfg.trust_checkpoint)
     old = ckpt.get("config", {})
     for key in RESUME_KEYS:
         if key in old and old.get(key) != run.config.get(key):
