@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from rlmask.agents import AGENTS, get_agent
-from rlmask.config import option
+from rlmask.config import check_ranges, option
 from rlmask.errors import UserError
 from rlmask.runtime import pick_device, resolve_amp, resolve_compile
 
@@ -142,8 +142,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    if cfg.batch_size < 2 or cfg.image_size < 8:
-        raise UserError("--batch-size must be >= 2 and --image-size >= 8")
+    check_ranges(cfg, {"batch_size": (">=", 2), "image_size": (">=", 8), "channels": (">=", 1), "rounds": (">=", 1),
+                       "steps": (">=", 1), "warmup": (">=", 0), "pipeline_batches": (">=", 0), "num_workers": (">=", 0),
+                       "threads": (">=", 1), "seed": (">=", 0)})
     for name in cfg.vary:
         if name not in VARIABLE_SETTINGS:
             raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")

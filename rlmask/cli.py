@@ -14,6 +14,27 @@ from rlmask.config import add_dataclass_arguments, cli_names, resolve, split_kno
 from rlmask.errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with rlmask's error convention: one ``error: ...`` line and exit status 2, no usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --epoch must not silently mean --epochs
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of options (flags override it)")
 
@@ -21,21 +42,29 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 _ARGV: list[str] = []  # the arguments of this invocation, recorded in output folders
 
 
-def _record_command(out: str | Path) -> None:
-    """Keep the exact command line that produced an output folder inside it (first process only)."""
+def _record_command(out: str | Path, cfg=None) -> None:
+    """Check the output folder before any work (a run's: refuse a finished one unless --overwrite or
+    --resume) and keep the exact command line that wrote to it inside it (first process only)."""
+    if cfg is not None and hasattr(cfg, "validate"):
+        cfg.validate()  # a bad option is reported before anything is written
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "command.txt", "a") as fh:
-        fh.write(shlex.join(["rlmask", *_ARGV]) + "\n")
+    from rlmask.io import prepare_run_folder
+
+    out = prepare_run_folder(out, overwrite=getattr(cfg, "overwrite", True), resume=bool(getattr(cfg, "resume", None)))
+    line = shlex.join(["rlmask", *_ARGV]).encode("utf-8", "surrogateescape") + b"\n"  # any bytes in paths
+    try:
+        with open(out / "command.txt", "ab") as fh:
+            fh.write(line)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlmask.train.loop import TrainConfig, fit
 
     cfg = resolve(TrainConfig, args, args.config)
-    _record_command(cfg.out)
+    _record_command(cfg.out, cfg)
     metrics = fit(cfg)
     _print_final(metrics, cfg.out)
     return 0
@@ -45,7 +74,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from rlmask.train.methods import PretrainConfig, pretrain
 
     cfg = _resolve_with_agent(PretrainConfig, args)
-    _record_command(cfg.out)
+    _record_command(cfg.out, cfg)
     _print_final(pretrain(cfg), cfg.out)
     return 0
 
@@ -84,7 +113,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from rlmask.train.methods import FinetuneConfig, finetune
 
     cfg = resolve(FinetuneConfig, args, args.config)
-    _record_command(cfg.out)
+    _record_command(cfg.out, cfg)
     _print_final(finetune(cfg), cfg.out)
     return 0
 
@@ -159,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import predict_files
 
     rows = predict_files(args.checkpoint, args.inputs, args.out, model_name=args.model, batch_size=args.batch_size,
-                         device=args.device, amp=args.amp, trust=args.trust_checkpoint)
+                         device=args.device, amp=args.amp, trust=args.trust_checkpoint, overwrite=args.overwrite)
     print(f"{rows} predictions -> {args.out}")
     return 0
 
@@ -262,7 +291,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="rlmask checkpoint, heated.pt or timm state dict")
     parser.add_argument("--model", help="architecture of a plain state dict (default: from config.json beside it)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (default: 256)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
@@ -291,7 +320,7 @@ def _method_in(argv: list[str]) -> str | None:
     """The ``--method`` of an agent command line (from the flag, else its ``--config`` file), or None."""
     from rlmask.config import load_config_file
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = Parser(add_help=False)
     pre.add_argument("--method")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
@@ -309,7 +338,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     from rlmask.train.loop import TrainConfig
     from rlmask.train.methods import FinetuneConfig, PretrainConfig
 
-    parser = argparse.ArgumentParser(prog="rlmask", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(prog="rlmask", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"rlmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -335,7 +364,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                     cmd_finetune)
     options_command("compare", "every method pretrained + fine-tuned vs plain training, several seeds", CompareConfig,
                     cmd_compare)
-    options_command("transfer", "few-shot transfer of checkpoints to an unseen task, with 95% intervals",
+    options_command("transfer", "few-shot transfer of checkpoints to an unseen task, with 95%% intervals",
                     TransferConfig, cmd_transfer)
 
     p = sub.add_parser("report", help="one self-contained HTML page of run, compare and transfer folders")
@@ -355,7 +384,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="class probabilities of image files")
     _checkpoint_reader(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER")
-    p.add_argument("--out", default="preds.csv", help="CSV file to write")
+    p.add_argument("--out", default="preds.csv", help="CSV file to write (default: preds.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("data", help="inspect and pack data sources")

@@ -8,6 +8,7 @@ line override it, and the resolved options are saved as plain data in the run di
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import tomllib
 import types
@@ -194,3 +195,24 @@ def resolve(cls: type, namespace: argparse.Namespace | None = None, config_path:
         return cls(**values)
     except TypeError as err:
         raise UserError(f"bad options: {err}") from None
+
+
+def check_ranges(options: Any, rules: dict[str, tuple[str, Any]]) -> None:
+    """UserError naming the first option outside its range. ``rules[name] = (kind, bound)``, kind one of
+    ``">"``, ``">="`` (a finite number above / at least ``bound``) or ``"in"`` ((low, high), low <= x < high).
+    None values (option not set) pass; NaN and infinities never do."""
+    for name, (kind, bound) in rules.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and kind == ">":
+            ok, what = value > bound, f"must be greater than {bound}"
+        elif ok and kind == ">=":
+            ok, what = value >= bound, f"must be at least {bound}"
+        elif ok:
+            ok, what = bound[0] <= value < bound[1], f"must be in [{bound[0]}, {bound[1]})"
+        else:
+            what = "must be a finite number"
+        if not ok:
+            raise UserError(f"--{name.replace('_', '-')} {value}: {what}")

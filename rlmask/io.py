@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlmask.errors import UserError
+from rlmask.errors import UserError, reason
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,6 +42,45 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+RUN_FILES = ("metrics.json", "log.jsonl", "last.pt", "best.pt", "heated.pt", "policy.pt", "predictions.npz")
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left in ``folder``."""
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def prepare_run_folder(out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out") -> Path:
+    """Check and create a run's output folder before any work, with one-line errors.
+
+    A path that is a file, a folder that cannot be created or written, and a folder holding a finished
+    run (metrics.json) are refused; ``overwrite`` removes the finished run's files first, ``resume``
+    continues it. Temporaries left by a killed write are removed.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out}: exists and is not a folder")
+    if (out / "metrics.json").exists() and not resume:
+        if not overwrite:
+            raise UserError(f"{option} {out}: holds a finished run (metrics.json); choose another {option}, "
+                            "add --overwrite to replace it, or --resume to continue it")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    remove_stale_temporaries(out)
+    return out
 
 
 def to_plain(obj: Any) -> Any:
@@ -114,11 +153,11 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", trust: bool = Fa
             raise UserError(f"{what} {path}: refused: it holds Python objects{f' ({name})' if name else ''} beyond "
                             f"tensors and plain data, and loading it would run their code; {TRUST_FLAG} loads it "
                             "anyway (only for files you trust)") from None
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({reason})") from None
+        why = reason(err)
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({reason})") from None
+        why = reason(err)
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{what} {path}: expected a dict (checkpoint or state dict), found {type(obj).__name__}")
     return obj

@@ -6,7 +6,10 @@ One ``is_main_process()``; torchrun's environment variables; one way to derive s
 
 from __future__ import annotations
 
+import datetime
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlmask import __version__
 from rlmask.errors import UserError
 
 
@@ -188,3 +192,22 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What produced a run, for its config.json: versions, the git commit of a checkout, the device, the time."""
+    commit = None
+    source = Path(__file__).resolve().parent.parent
+    if (source / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10)
+            commit = done.stdout.strip() or None
+            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = f"{commit}+modified" if commit and dirty else commit
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"rlmask": __version__, "git_commit": commit, "torch": torch.__version__, "device": str(device),
+            "device_name": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

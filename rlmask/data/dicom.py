@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlmask.errors import UserError
+from rlmask.errors import UserError, reason
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
@@ -42,7 +42,7 @@ def _read(path: str, spec: str, pixels: bool):
 
 
 def _reason(e: Exception) -> str:
-    text = str(e).splitlines()[0][:160] if str(e) else ""
+    text = reason(e) if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 

@@ -146,8 +146,20 @@ def file_shape(path: str, spec: str) -> tuple[int, int, int]:
         with Image.open(path) as im:
             w, h = im.size
             return h, w, 3 if im.mode in COLOUR_MODES else 1
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{_where(spec)}image {path} refused: {_bomb(e)}") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(f"--data {spec}: cannot decode image {path} ({e})") from None
+        raise UserError(f"{_where(spec)}cannot decode image {path} ({e})") from None
+
+
+def _where(spec: str | None) -> str:
+    """The prefix of a decoding error: the --data spec the file came from (none for predict's files)."""
+    return f"--data {spec}: " if spec else ""
+
+
+def _bomb(err: Exception) -> str:
+    return (f"more pixels than PIL's decompression-bomb guard allows ({str(err).split('could be')[0].strip()}); "
+            "shrink the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
 
 
 def colour_counts(files: list[str], spec: str, progress: bool = False) -> dict[str, int]:
@@ -187,8 +199,10 @@ def decode_image(path: str, channels: int, size: int, spec: str,
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             a = np.array(im, dtype=np.uint8)  # (S, S) or (S, S, 3), a writable copy
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{_where(spec)}image {path} refused: {_bomb(e)}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise UserError(f"--data {spec}: cannot decode image {path} ({e})") from None
+        raise UserError(f"{_where(spec)}cannot decode image {path} ({e})") from None
     t = torch.from_numpy(a)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)  # (C, S, S)
 
@@ -201,19 +215,27 @@ def _walk(root: Path) -> dict:
     files_by_dir: dict[str, list[str]] = {}
     dirs: dict[str, int] = {}
     stack = [""]
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every folder walked: a symlink loop is walked once
     while stack:
         rel = stack.pop()
         full = os.path.join(str(root), rel) if rel else str(root)
-        dirs[rel or "."] = os.stat(full).st_mtime_ns
-        files = []
-        with os.scandir(full) as it:
-            for entry in it:
-                if entry.name.startswith(".") or entry.name in SKIP_DIRS:
-                    continue
-                if entry.is_dir():
-                    stack.append(f"{rel}/{entry.name}" if rel else entry.name)
-                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(entry.name)
+        try:
+            st = os.stat(full)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs[rel or "."] = st.st_mtime_ns
+            files = []
+            with os.scandir(full) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or entry.name in SKIP_DIRS:
+                        continue
+                    if entry.is_dir():
+                        stack.append(f"{rel}/{entry.name}" if rel else entry.name)
+                    elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                        files.append(entry.name)
+        except OSError as err:  # unreadable folder, broken link, a loop the OS itself refuses
+            raise UserError(f"--data {root}: cannot read folder {full} ({err.strerror or err})") from None
         if files:
             files_by_dir[rel or "."] = sorted(files)
     return {"version": _INDEX_VERSION, "root": str(root), "files": files_by_dir, "dirs": dirs}

@@ -64,6 +64,8 @@ def open_npz(path: Path, spec: str, name: str | None = None) -> Source:
     def fail(what: str):
         raise UserError(f"--data {spec}: {what}")
 
+    if path.is_dir():
+        fail(f"{path} is a folder, not an .npz file (an image folder's name must not end in .npz)")
     if not path.is_file():
         fail("file not found")
     unreadable = f"{path} is not a readable .npz file (truncated or corrupt?)"
@@ -82,6 +84,11 @@ def open_npz(path: Path, spec: str, name: str | None = None) -> Source:
             names = [str(c) for c in z["classes"].tolist()] if "classes" in z.files else None
     except UserError:
         raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # an object array: loading it would unpickle Python objects
+            fail(f"{path} holds an object array (pickled Python objects), which rlmask never loads; store images, "
+                 "labels and classes as plain numeric or string arrays")
+        fail(unreadable)
     except _READ_ERRORS:
         fail(unreadable)
 

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rlmask import runtime as dist
-from rlmask.data import Augment, BatchLoader, Split
+from rlmask import runtime
+from rlmask.data import Augment, BatchLoader, Split, build_pool
+from rlmask.data.folder import decode_image
 from rlmask.data.options import DATA_OPTION_NAMES, DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import classification_metrics
 from rlmask.io import atomic_write_bytes
+from rlmask.models.weights import load_classifier
 
 
 @torch.no_grad()
@@ -38,7 +40,7 @@ def predict_split(
     return the same full result. ``mask_fn`` maps the normalised batch to the input the model sees, or to
     a list of inputs whose softmax outputs are averaged (masked validation, test-time augmentation).
     """
-    rank, world = dist.rank(), dist.world_size()
+    rank, world = runtime.rank(), runtime.world_size()
     was_training = model.training
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device,
@@ -60,8 +62,8 @@ def predict_split(
     model.train(was_training)
     probs = torch.cat(probs)  # (per_rank, K), padded by repetition on the last ranks
     if world > 1:
-        index = dist.all_gather_cat(loader.indices(0).to(probs.device))
-        gathered = dist.all_gather_cat(probs)
+        index = runtime.all_gather_cat(loader.indices(0).to(probs.device))
+        gathered = runtime.all_gather_cat(probs)
         probs = torch.empty((len(split), gathered.shape[1]), device=gathered.device)
         probs[index] = gathered
     return probs.cpu(), split.labels.clone()
@@ -89,8 +91,6 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
                         batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None,
                         trust: bool = False) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
-    from rlmask.data import build_pool
-    from rlmask.models.weights import load_classifier
 
     model, meta = load_classifier(path, model_name, trust=trust)
     # Data without fixed splits is split as in training (the run's seed and split options), so the test
@@ -102,11 +102,11 @@ def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", mod
     if split not in pool.splits:
         raise UserError(f"--split {split}: the data has no {split} split (has {', '.join(pool.splits)})")
     _checkpoint_fits(model, meta, pool.classes, path, data_specs)
-    dev = dist.pick_device(device)
+    dev = runtime.pick_device(device)
     model.to(dev)
     transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
     return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
-                          amp=dist.resolve_amp(amp, dev))
+                          amp=runtime.resolve_amp(amp, dev))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -128,35 +128,41 @@ def _image_files(inputs: list[str]) -> list[Path]:
 
 def predict_files(path, inputs: list[str], out, *, model_name: str | None = None, batch_size: int = 256,
                   device: str = "auto", image_size: int | None = None, amp: bool | None = None,
-                  trust: bool = False) -> int:
-    """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count."""
-    from rlmask.data.folder import decode_image
-    from rlmask.models.weights import load_classifier
+                  trust: bool = False, overwrite: bool = False) -> int:
+    """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count.
 
+    ``out`` is checked before any work: an existing file is kept unless ``overwrite``.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the CSV file to write")
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out}: exists; add --overwrite to replace it")
     model, meta = load_classifier(path, model_name, trust=trust)
     size = image_size or meta.get("image_size")
     if size is None:
         raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")
     num_classes = model.get_classifier().out_features
     classes = meta.get("classes") or [str(i) for i in range(num_classes)]
-    dev = dist.pick_device(device)
-    amp = dist.resolve_amp(amp, dev)
+    dev = runtime.pick_device(device)
+    amp = runtime.resolve_amp(amp, dev)
     model.to(dev)
     transform = Augment(size, train=False, mean=meta["mean"], std=meta["std"])
     files = _image_files(inputs)
     rows = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        x = torch.stack([decode_image(str(f), meta["channels"], size, str(f)) for f in chunk]).to(dev)
+        x = torch.stack([decode_image(str(f), meta["channels"], size, None) for f in chunk]).to(dev)
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             probs = model(transform(x, None)).float().softmax(dim=1).cpu()
         for f, p in zip(chunk, probs.tolist()):
             rows.append([str(f), classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "prediction", *classes])
     writer.writerows(rows)
-    atomic_write_bytes(out, buffer.getvalue().encode())
+    try:  # file names that are not valid UTF-8 are written back as the bytes they were
+        atomic_write_bytes(out, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror or err})") from None
     return len(rows)

@@ -32,7 +32,7 @@ from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, ve
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.train.loop import TrainConfig, fit
-from rlmask.train.methods import FinetuneConfig, PretrainConfig, finetune, pretrain
+from rlmask.train.methods import FINETUNE_WARMUP, FinetuneConfig, PretrainConfig, finetune, pretrain
 
 METRICS = SUMMARY_METRICS
 DEFAULT_METHODS = ["plain", *(name for name, spec in AGENTS.items() if spec.in_default_comparison)]
@@ -53,7 +53,7 @@ class CompareConfig(TrainConfig):
     seeds: int = option(2, "number of seeds (0 .. seeds-1)")
     methods: list[str] = option(DEFAULT_METHODS, f"methods to compare: {', '.join(AGENTS)}", metavar="METHOD")
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
-    finetune_warmup: float = option(0.7, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
+    finetune_warmup: float = option(FINETUNE_WARMUP, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
     bootstrap_resamples: int = option(2000, "resamples of the paired bootstrap over the test images (per run)")
     method_option: list[str] = option([], "an option of one method, METHOD:NAME=VALUE (repeatable); a config file "
                                       "may instead hold a section per method", metavar="METHOD:NAME=VALUE")

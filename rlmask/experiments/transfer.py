@@ -39,6 +39,7 @@ from rlmask.models.weights import load_classifier
 from rlmask.report.figures import plot_transfer
 from rlmask.runtime import derive_seed, pick_device, resolve_amp
 from rlmask.train.loop import make_optimizer
+from rlmask.train.methods import FINETUNE_WARMUP  # the reference warms up over 7 of 10 epochs, then keeps the lr
 from rlmask.train.schedules import make_scheduler
 from rlmask.train.step import TrainStep
 from rlmask.train.tasks import ClassifyTask
@@ -48,7 +49,6 @@ MODES = ("linear", "finetune")
 DEFAULT_EPOCHS = {"linear": 30, "finetune": 10}
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-3}  # Adam on cached features; SGD as the reference fine-tune
 FINETUNE_MOMENTUM = 0.9
-FINETUNE_WARMUP = 0.7  # the reference fine-tune warms up over 7 of its 10 epochs, then keeps the lr
 EVAL_BATCH_SIZE = 256
 
 

@@ -72,6 +72,13 @@ def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
         yield
 
 
+def check_model_name(name: str) -> None:
+    """A one-line UserError for a model name that is neither registered nor ``timm:<name>``."""
+    if not name.startswith("timm:") and name not in _REGISTRY:
+        choices = ", ".join(list_models())
+        raise UserError(f"--model {name}: unknown model; choose from {choices}, or timm:<name>")
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -87,9 +94,7 @@ def create_model(
     """
     if name.startswith("timm:"):
         return _create_timm(name, num_classes, in_chans, small_stem, generator)
-    if name not in _REGISTRY:
-        choices = ", ".join(list_models())
-        raise UserError(f"--model {name}: unknown model; choose from {choices}, or timm:<name>")
+    check_model_name(name)
     with seeded_init(generator):
         return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, small_stem=small_stem)
 

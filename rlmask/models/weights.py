@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlmask.errors import UserError
+from rlmask.errors import UserError, reason
 from rlmask.io import load_checkpoint
 from rlmask.models import create_model
 
@@ -81,8 +81,14 @@ def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init"
     unexpected = [k for k in state if k not in own]
     problems += [f"unexpected {k}" for k in unexpected]
     if problems:
-        stem = any(p.split()[p.startswith(("missing", "unexpected"))].startswith("conv1") for p in problems)
-        hint = " (7x7 vs 3x3 stem? set --small-stem or --no-small-stem to match)" if stem else ""
+        deep_ckpt, deep_model = "conv1.0.weight" in state, "conv1.0.weight" in own
+        if deep_ckpt != deep_model:  # another architecture altogether, not a stem variant of this one
+            hint = (f" (the checkpoint has {'a deep three-conv' if deep_ckpt else 'a single-conv'} stem, the model "
+                    f"{'a deep three-conv' if deep_model else 'a single-conv'} one: another architecture; check --model)")
+        elif any(p.split()[p.startswith(("missing", "unexpected"))].startswith("conv1") for p in problems):
+            hint = " (7x7 vs 3x3 stem? set --small-stem or --no-small-stem to match)"
+        else:
+            hint = ""
         raise UserError(f"{option} {path}: does not fit the model: {'; '.join(problems[:3])}"
                         f"{f' and {len(problems) - 3} more' if len(problems) > 3 else ''}{hint}")
     model.load_state_dict(own, strict=True)
@@ -109,8 +115,8 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
                                  small_stem=info["small_stem"])
             model.load_state_dict(obj["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise UserError(f"{option} {path}: an incomplete or damaged rlmask checkpoint ({reason})") from None
+            why = reason(err)
+            raise UserError(f"{option} {path}: an incomplete or damaged rlmask checkpoint ({why})") from None
         return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"], "config": obj.get("config")}
     state = extract_state_dict(obj)
     sidecar = path.parent / "config.json"

@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+# Class names and method names are data, not markup: "$x^{$" must be drawn as written, never parsed.
+matplotlib.rcParams["text.parse_math"] = False
+
+
+def drawable(text) -> str:
+    """A name as drawable text: file names that are not valid UTF-8 (kept by Python as surrogate escapes)
+    get a replacement character instead of breaking the font renderer."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
@@ -59,7 +68,7 @@ def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Pat
     for j in range(n):
         axes[0, j].imshow(images[j], cmap="gray" if grey else None, vmin=0, vmax=1)
         if titles:
-            axes[0, j].set_title(titles[j], fontsize=7)
+            axes[0, j].set_title(drawable(titles[j]), fontsize=7)
     for i, (label, masks) in enumerate(rows.items()):
         for j in range(n):
             axes[1 + 2 * i, j].imshow(masks[j], cmap="magma", vmin=0, vmax=1)
@@ -132,7 +141,7 @@ def plot_differences(paired: dict[str, dict[str, dict]], path: Path, title: str 
         ax.set_title(f"{metric.replace('_', ' ')}: method - plain", fontsize=9.5)
         ax.grid(axis="x", alpha=0.3)
         ax.set_ylim(-0.7, len(methods) - 0.3)
-    axes[0][0].set_yticks(range(len(methods)), methods)
+    axes[0][0].set_yticks(range(len(methods)), [drawable(m) for m in methods])
     axes[0][0].invert_yaxis()
     if title:
         fig.suptitle(title, fontsize=10, y=1.06)
@@ -199,6 +208,7 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    classes = [drawable(c) for c in classes]
     ax.set_xticks(range(k), classes, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(k), classes, fontsize=fontsize)
     ax.set_xlabel("predicted class")

@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from rlmask import runtime
 from rlmask.agents.base import AgentOptimizer, MaskAgent
-from rlmask.config import option
+from rlmask.config import check_ranges, option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
 from rlmask.data.options import DataOptions, data_option
-from rlmask.errors import UserError
+from rlmask.errors import UserError, reason
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json, write_npz
-from rlmask.models import default_small_stem
+from rlmask.models import check_model_name, default_small_stem
 from rlmask.models.weights import load_init_weights
 from rlmask.train.schedules import make_scheduler
 from rlmask.train.step import TrainStep
@@ -84,21 +84,25 @@ class TrainConfig:
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
     cache_dir: str | None = option(None, "download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
     progress: bool = option(True, "show progress bars")
+    overwrite: bool = option(False, "replace a finished run in --out (its metrics, logs and checkpoints)")
     trust_checkpoint: bool = option(False, "load --init / --resume checkpoints that hold Python objects beyond tensors "
                                     "and plain data: this RUNS CODE from the file (only for files you trust)")
 
     def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "lr": self.lr}
-        for name, value in positive.items():
-            if value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} {value}: must be positive")
-        if self.image_size is not None and self.image_size < 8:
-            raise UserError(f"--image-size {self.image_size}: must be at least 8")
+        """Raise UserError naming the first option that is out of range (before any work is done)."""
+        check_ranges(self, {
+            "epochs": (">=", 1), "batch_size": (">=", 1), "eval_batch_size": (">=", 1), "lr": (">", 0),
+            "seed": (">=", 0), "momentum": ("in", (0, 1)), "weight_decay": (">=", 0), "warmup_epochs": (">=", 0),
+            "warmup_start": (">", 0), "step_size": (">", 0), "gamma": (">", 0), "label_smoothing": ("in", (0, 1)),
+            "clip_grad": (">=", 0), "image_size": (">=", 8), "train_per_class": (">=", 1),
+            "eval_per_class": (">=", 1), "num_workers": (">=", 0), "checkpoint_every": (">=", 0),
+        })
         if self.channels not in (None, 1, 3):
             raise UserError(f"--channels {self.channels}: must be 1 or 3")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
+        if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs}: longer than the run (--epochs {self.epochs}); "
+                            "the peak learning rate would never be reached")
+        DataOptions.from_config(self).validate()
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -219,6 +223,7 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     world = runtime.world_size()
     amp = runtime.resolve_amp(cfg.amp, device)
     show = cfg.progress and runtime.is_main_process()
+    check_model_name(cfg.model)  # before the data is read
     pool = _pool(cfg, show)
     small_stem = cfg.small_stem if cfg.small_stem is not None else default_small_stem(cfg.model, pool.image_size)
 
@@ -264,7 +269,8 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
 
     config = to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size, "channels": pool.channels,
                               "world_size": world, "steps_per_epoch": steps_per_epoch, "amp": amp,
-                              "agent_resolved": agent.resolved_config()} | (extra_config or {})
+                              "agent_resolved": agent.resolved_config(), "provenance": runtime.provenance(device)} \
+        | (extra_config or {})
     data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
                  "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes), "task": task.name}
@@ -298,8 +304,8 @@ def restore(run: Run, path: str) -> Progress:
         progress = Progress(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt.get("best") or initial_best(run.task),
                             ckpt.get("metrics"))
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise UserError(f"--resume {path}: does not fit this run ({reason})") from None
+        why = reason(err)
+        raise UserError(f"--resume {path}: does not fit this run ({why})") from None
     if ckpt.get("epoch_logs"):
         progress.logs.load_state_dict(ckpt["epoch_logs"], run.device)
     runtime.restore_rng(ckpt["rng_state"])
@@ -313,6 +319,7 @@ def initial_best(task) -> dict:
 def checkpoint_state(run: Run, progress: Progress) -> dict:
     """The checkpoint schema (see the README): enough to continue exactly where ``progress`` stands."""
     step = run.step
+    step.raise_if_diverged()  # never save a diverged model over a good checkpoint
     return {"kind": "rlmask", "model": run.model.state_dict(), "optimizer": step.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "epoch": progress.epoch, "batch": progress.batch,
             "step": progress.step, "config": run.config, "rng_state": runtime.capture_rng(),
@@ -336,19 +343,23 @@ def train_epoch(run: Run, progress: Progress) -> float:
     steps_per_epoch = len(run.loader)
     bar = tqdm(run.loader.epoch(epoch, start_batch=progress.batch), total=steps_per_epoch, initial=progress.batch,
                desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if run.show else True)
-    for x_u8, y in bar:
-        theta = crops[order[progress.batch * cfg.batch_size:(progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
-        x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S) normalised
-        progress.logs.add(run.agent.train_step(run.step.begin(epoch, progress.step), x, y))
-        run.scheduler.step()
-        if run.agent_scheduler is not None:
-            run.agent_scheduler.step()
-        progress.batch += 1
-        progress.step += 1
-        mid_epoch = progress.batch < steps_per_epoch
-        if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and mid_epoch and runtime.is_main_process():
-            save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
-    bar.close()
+    try:
+        for x_u8, y in bar:
+            theta = crops[order[progress.batch * cfg.batch_size:(progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
+            x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S)
+            progress.logs.add(run.agent.train_step(run.step.begin(epoch, progress.step), x, y))
+            run.scheduler.step()
+            if run.agent_scheduler is not None:
+                run.agent_scheduler.step()
+            progress.batch += 1
+            progress.step += 1
+            mid_epoch = progress.batch < steps_per_epoch
+            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and mid_epoch \
+                    and runtime.is_main_process():
+                save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
+    finally:
+        bar.close()  # before any error message, so it stands on its own line
+    run.step.raise_if_diverged()
     return time.perf_counter() - start
 
 

@@ -29,6 +29,9 @@ class PretrainConfig(TrainConfig):
     agent: dict = field(default_factory=dict, metadata={"cli": False, "help": "options of the agent"})
 
 
+FINETUNE_WARMUP = 0.7  # the reference fine-tune warms up over 7 of its 10 epochs
+
+
 @dataclass
 class FinetuneConfig(TrainConfig):
     """Options of ``rlmask finetune``; defaults are the reference's fine-tuning schedule."""
@@ -36,7 +39,8 @@ class FinetuneConfig(TrainConfig):
     epochs: int = option(10, "fine-tuning epochs")
     lr: float = option(1e-3, "peak learning rate")
     schedule: str = option("step", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant"])
-    warmup_epochs: float = option(7.0, "linear warm-up length in epochs")
+    warmup_epochs: float | None = option(None, "linear warm-up length in epochs (default: 0.7 of --epochs, the "
+                                         "reference's 7 of 10)")
     warmup_start: float = option(0.01, "learning-rate factor at the start of warm-up")
     out: str = option("runs/finetune", "output directory", metavar="DIR")
 
@@ -65,4 +69,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune ``cfg.init`` (heated.pt, an rlmask checkpoint or a timm state dict) on clean images."""
     if not cfg.init and not cfg.resume:
         raise UserError("--init: required (the heated model to fine-tune, e.g. DIR/heated.pt)")
+    if cfg.warmup_epochs is None:
+        cfg = dataclasses.replace(cfg, warmup_epochs=FINETUNE_WARMUP * cfg.epochs)
     return fit(cfg, extra_config={"method": "finetune"})

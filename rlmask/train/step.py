@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rlmask import runtime
+from rlmask.errors import UserError
 
 
 class TrainStep:
@@ -40,6 +41,29 @@ class TrainStep:
         self.epoch = self.step = 0
         self.total_steps = total_steps
         self.updates = 0  # update() calls in this batch
+        self.nonfinite: torch.Tensor | None = None  # on accelerators: has any loss been NaN or inf?
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop a diverging run before a NaN or inf loss reaches the weights.
+
+        On the CPU the check is free and runs before anything is stepped; on an accelerator a per-step
+        host sync would stall the device, so the flag is kept there and read by ``raise_if_diverged``
+        (the loop calls it before every checkpoint, so no checkpoint holds a diverged model).
+        """
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self.device.type == "cpu":
+            if bad:
+                self._diverged(float(loss.detach().float()))
+        else:
+            self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+
+    def raise_if_diverged(self) -> None:
+        if self.nonfinite is not None and bool(self.nonfinite):
+            self._diverged(float("nan"))
+
+    def _diverged(self, value: float) -> None:
+        raise UserError(f"epoch {self.epoch + 1}, step {self.step + 1}: the training loss is {value} (not finite): "
+                        "the run diverged; lower --lr or set --clip-grad (checkpoints already written are kept)")
 
     def begin(self, epoch: int, step: int) -> TrainStep:
         """Set where training stands before a batch (``step``: optimiser steps done so far)."""
@@ -59,6 +83,7 @@ class TrainStep:
 
     def update(self, loss: torch.Tensor, *, model: bool = True, agent: bool = True) -> None:
         """Backpropagate ``loss``; step the classifier's optimiser (``model``) and/or the agent's (``agent``)."""
+        self._check_finite(loss)
         agent_opt = self.agent_optimizer if agent else None
         if model:
             self.optimizer.zero_grad(set_to_none=True)
