@@ -209,5 +209,5 @@ def provenance(device: torch.device) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"rlmask": __version__, "git_commit": commit, "torch": torch.__version__, "device": str(device),
+    return {"rlmask": __version__, "git_commit": commit, "torch": str(torch.__version__), "device": str(device),
             "device_name": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

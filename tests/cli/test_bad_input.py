@@ -82,9 +82,14 @@ def test_undecodable_image_keeps_what_was_written(tmp_path, capsys):
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     broken = image_folder(tmp_path / "broken", broken=True)
-    fails(["train", "--data", broken, "--out", out, "--image-size", "12", *FAST, "--batch-size", "4"], capsys, "9.png")
+    # A second run into the finished folder is refused before any work: nothing written is touched.
+    fails(["train", "--data", broken, "--out", out, "--image-size", "12", *FAST, "--batch-size", "4"], capsys,
+          "holds a finished run", "--overwrite")
     for name in ("last.pt", "best.pt", "metrics.json", "log.jsonl"):
         assert (out / name).read_bytes() == before[name], name
+    # The broken image itself fails the run that reads it, naming the file.
+    fails(["train", "--data", broken, "--out", tmp_path / "other", "--image-size", "12", *FAST, "--batch-size", "4"],
+          capsys, "9.png")
 
 
 def test_empty_class_folder(tmp_path, capsys):
