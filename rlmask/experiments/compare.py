@@ -29,6 +29,7 @@ from rlmask.data.options import DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
 from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, verdict
+from rlmask.experiments.transfer import TransferConfig, parse_shots, run_transfer
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.train.loop import TrainConfig, fit
@@ -55,6 +56,15 @@ class CompareConfig(TrainConfig):
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
     finetune_warmup: float = option(FINETUNE_WARMUP, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
     bootstrap_resamples: int = option(2000, "resamples of the paired bootstrap over the test images (per run)")
+    transfer_to: list[str] = option([], "unseen downstream task(s): after the in-domain runs, every method's final "
+                                    "backbone and plain's are transferred to each (paired by seed and subset)",
+                                    metavar="SPEC")
+    leave_out: str | None = option(None, "leave-one-source-out: pretrain on every --data source but this one, then "
+                                   "transfer to it (a --data spec, or its file name)", metavar="SPEC")
+    shots: str = option("16,64,256", "transfer: training images per class of the downstream task (comma list, 'all')")
+    transfer_mode: list[str] = option(["linear"], "transfer: linear (frozen backbone) and/or finetune",
+                                      choices=["linear", "finetune"], metavar="MODE")
+    transfer_repeats: int = option(3, "transfer: subsets per shot count and seed")
     method_option: list[str] = option([], "an option of one method, METHOD:NAME=VALUE (repeatable); a config file "
                                       "may instead hold a section per method", metavar="METHOD:NAME=VALUE")
     # {method: {option: value}} from the config file's per-method sections and --method-option
@@ -68,6 +78,15 @@ class CompareConfig(TrainConfig):
             raise UserError("--seeds must be >= 1, --finetune-epochs >= 0")
         if self.bootstrap_resamples < 100:
             raise UserError(f"--bootstrap-resamples {self.bootstrap_resamples}: must be at least 100")
+        if self.leave_out is not None:
+            matches = [d for d in self.data if d == self.leave_out or Path(d).name == self.leave_out]
+            if len(matches) != 1 or len(self.data) < 2:
+                raise UserError(f"--leave-out {self.leave_out}: must name exactly one of the --data sources "
+                                f"({', '.join(self.data)}), and at least one must remain")
+        if self.transfer_to or self.leave_out:
+            parse_shots(self.shots)
+            if self.transfer_repeats < 1:
+                raise UserError(f"--transfer-repeats {self.transfer_repeats}: must be at least 1")
         options = {m: dict(v) for m, v in self.method_options.items()}
         for item in self.method_option:
             method, sep, assignment = item.partition(":")
@@ -130,6 +149,10 @@ def _scores(metrics: dict) -> dict:
 def run_comparison(cfg: CompareConfig) -> dict:
     """Run every method for every seed; write comparison.json, comparison.md and the figures."""
     cfg.validate()
+    if cfg.leave_out:  # pretrain on the other sources, transfer to the one left out
+        left = next(d for d in cfg.data if d == cfg.leave_out or Path(d).name == cfg.leave_out)
+        cfg = dataclasses.replace(cfg, data=[d for d in cfg.data if d != left], transfer_to=[*cfg.transfer_to, left],
+                                  leave_out=left)
     out = Path(cfg.out)
     start = time.perf_counter()
     total = cfg.epochs + cfg.finetune_epochs
@@ -171,7 +194,8 @@ def run_comparison(cfg: CompareConfig) -> dict:
                for name, per_seed in rows.items()}
     result = {"config": to_plain(cfg), "split": "test", "equal_compute_epochs": total,
               "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary,
-              "paired": paired_against_plain(cfg, out, rows)}
+              "paired": paired_against_plain(cfg, out, rows),
+              "transfer": transfer_against_plain(cfg, out) if cfg.transfer_to else {}}
     write_json(out / "comparison.json", result)
     figures = {}
     if result["paired"]:
@@ -243,6 +267,73 @@ def paired_against_plain(cfg: CompareConfig, out: Path, rows: dict[str, list[dic
     return paired
 
 
+def _task_name(spec: str) -> str:
+    """A short, file-system-safe name of a downstream task spec."""
+    name = Path(spec).stem if not spec.startswith(("synthetic", "medmnist:", "csv:")) else spec
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
+    """Every method's final backbone and plain's, transferred to each unseen task on identical subsets.
+
+    Per seed, one ``transfer`` run per task and mode holds every method: all see the same class-balanced
+    subsets and head initialisations. Pairs (same seed, same subset) give per task, mode and shot count
+    the difference method - plain with its 95% t-interval over the pairs and a verdict.
+    """
+    methods = [m for m in cfg.methods if m != "plain"]
+    results: dict = {}
+    for task in cfg.transfer_to:
+        for mode in cfg.transfer_mode:
+            key = f"{_task_name(task)} ({mode})"
+            per_seed = []
+            for seed in range(cfg.seeds):
+                folder = out / "transfer" / f"{_task_name(task)}-{mode}" / f"seed{seed}"
+                if (folder / "transfer.json").is_file():
+                    done = json.loads((folder / "transfer.json").read_text())
+                else:
+                    names = ["plain", *methods]
+                    paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]
+                    done = run_transfer(TransferConfig(
+                        checkpoints=paths, label=names, data=[task], shots=cfg.shots, repeats=cfg.transfer_repeats,
+                        mode=mode, seed=seed, out=str(folder), device=cfg.device, amp=cfg.amp,
+                        cache_dir=cfg.cache_dir, progress=cfg.progress, eval_per_class=cfg.eval_per_class,
+                        trust_checkpoint=cfg.trust_checkpoint))
+                per_seed.append(done["results"])
+            shots = list(per_seed[0]["plain"])
+            table = {}
+            for method in methods:
+                table[method] = {}
+                for n in shots:
+                    entry = {}
+                    for k in PAIRED_METRICS:
+                        pairs = [(r[k], p[k]) for res in per_seed
+                                 for r, p in zip(res[method][n]["repeats"], res["plain"][n]["repeats"])]
+                        stat = paired_seed_differences([a for a, _ in pairs], [b for _, b in pairs])
+                        entry[k] = {"mean": stat["mean"], "low": stat["low"], "high": stat["high"], "n": stat["n"],
+                                    "verdict": verdict(stat["low"], stat["high"])}
+                    table[method][n] = entry
+            results[key] = {"task": task, "mode": mode, "methods": table}
+    return results
+
+
+def render_transfer(result: dict) -> list[str]:
+    """Transfer to unseen tasks: method - plain per task, mode and shot count."""
+    transfer = result.get("transfer") or {}
+    if not transfer:
+        return []
+    lines = ["## Transfer to unseen tasks: method - plain", "",
+             "Each method's final backbone and plain's, transferred on identical subsets; the interval is the "
+             "t-interval over (seed, subset) pairs.", ""]
+    for key, entry in transfer.items():
+        lines += [f"### {key}", "", "| method | shots | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
+                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        for method, by_shots in entry["methods"].items():
+            for n, stats in by_shots.items():
+                lines.append(f"| {method} | {n} | " + " | ".join(_diff_cell(stats[k]) for k in PAIRED_METRICS) + " |")
+        lines.append("")
+    return lines
+
+
 def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
@@ -306,7 +397,8 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
              f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
              f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
              f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
-             f"Wall time: {result['minutes']} min.", "", *render_paired(result), "## Equal compute", "",
+             f"Wall time: {result['minutes']} min.", "", *render_paired(result), *render_transfer(result),
+             "## Equal compute", "",
              header.rstrip("\n")]
     lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in equal]
     short = [m for m in methods if "reference view" in m]

@@ -59,6 +59,8 @@ class TransferConfig:
     checkpoints: list[str] = option([], "checkpoints to transfer: rlmask checkpoints, heated.pt or timm state dicts",
                                     metavar="CKPT")
     data: list[str] = option([], "downstream data source(s), as for train", metavar="SPEC")
+    label: list[str] = option([], "names of the checkpoints in tables and plots, one per checkpoint (default: from "
+                              "their paths)", metavar="NAME")
     shots: str = option("16,32,64,128,256", "training images per class: comma list of integers and/or 'all'")
     repeats: int = option(3, "repeats per shot count (different subsets, head init and order)")
     mode: str = option("linear", "linear: frozen backbone + linear head; finetune: the whole network",
@@ -93,6 +95,9 @@ class TransferConfig:
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay {self.weight_decay}: must not be negative")
         parse_shots(self.shots)
+        if self.label and (len(self.label) != len(self.checkpoints) or len(set(self.label)) != len(self.label)):
+            raise UserError(f"--label {' '.join(self.label)}: give one distinct name per checkpoint "
+                            f"({len(self.checkpoints)})")
 
 
 def parse_shots(text: str) -> list[int | str]:
@@ -272,7 +277,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     shots = parse_shots(cfg.shots)
     device = pick_device(cfg.device)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # a bool from here on, recorded as used
-    labels = checkpoint_labels(cfg.checkpoints)
+    labels = list(cfg.label) if cfg.label else checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
     loaded = [load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint) for path in cfg.checkpoints]
     pools: dict = {}

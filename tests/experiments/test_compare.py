@@ -35,3 +35,29 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     assert md.index("## Method - plain") < md.index("## Equal compute")
     assert "± " not in md.split("## Method - plain")[1] and entry["macro_f1"]["verdict"] in md
     assert (out / "differences.png").is_file()
+
+
+def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, shared_data, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--data", "synthetic:n=8,size=16,seed=0", "synthetic:n=8,size=16,seed=1,modalities=2",
+                 "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64", "--no-progress",
+                 "--methods", "plain", "random-mask", "--epochs", "1", "--finetune-epochs", "1", "--seeds", "1",
+                 "--bootstrap-resamples", "200", "--leave-out", "synthetic:n=8,size=16,seed=1,modalities=2",
+                 "--transfer-to", str(shared_data / "breastmnist.npz"), "--shots", "4,8", "--transfer-repeats", "2",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["config"]["data"] == ["synthetic:n=8,size=16,seed=0"]  # pretrained without the left-out source
+    tasks = {entry["task"] for entry in result["transfer"].values()}
+    assert tasks == {str(shared_data / "breastmnist.npz"), "synthetic:n=8,size=16,seed=1,modalities=2"}
+    for entry in result["transfer"].values():
+        stats = entry["methods"]["random-mask"]
+        assert set(stats) == {"4", "8"}
+        for by_metric in stats.values():
+            assert by_metric["macro_f1"]["n"] == 2 and by_metric["macro_f1"]["verdict"]
+    # The transfer runs label checkpoints by method, and pair them on the same subsets.
+    run = json.loads((out / "transfer" / "breastmnist-linear" / "seed0" / "transfer.json").read_text())
+    assert run["checkpoints"] == ["plain", "random-mask"]
+    digests = [[r["subset_digest"] for r in run["results"][m]["4"]["repeats"]] for m in run["checkpoints"]]
+    assert digests[0] == digests[1]
+    assert "## Transfer to unseen tasks" in (out / "comparison.md").read_text()
