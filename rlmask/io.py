@@ -101,6 +101,15 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(to_plain(data), indent=2) + "\n").encode())
 
 
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file's content; an unreadable or malformed file is a one-line UserError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{what} {path}: not readable JSON ({reason(err)}); remove or repair it") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file (log.jsonl); a missing file is empty and a torn or non-object
     line (a write cut by a kill) is skipped."""

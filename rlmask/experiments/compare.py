@@ -14,7 +14,6 @@ resumes an interrupted one from its last.pt.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
 from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, verdict
 from rlmask.experiments.transfer import TransferConfig, parse_shots, run_transfer
-from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, to_plain, write_json
+from rlmask.io import atomic_write_bytes, load_checkpoint, read_json, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.train.loop import TrainConfig, fit
 from rlmask.train.methods import FINETUNE_WARMUP, FinetuneConfig, PretrainConfig, finetune, pretrain
@@ -129,13 +128,13 @@ def _run_once(run, run_cfg) -> dict:
     """
     out = Path(run_cfg.out)
     if (out / "config.json").is_file():
-        old, new = json.loads((out / "config.json").read_text()), to_plain(run_cfg)
+        old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
         changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
         if changed:
             raise UserError(f"--out: {out} holds a run with other options ({', '.join(changed)}); "
                             "choose another --out or delete it")
     if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+        return read_json(out / "metrics.json", "--out: sub-run")
     if (out / "last.pt").is_file():
         run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
     return run(run_cfg)
@@ -289,7 +288,7 @@ def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
             for seed in range(cfg.seeds):
                 folder = out / "transfer" / f"{_task_name(task)}-{mode}" / f"seed{seed}"
                 if (folder / "transfer.json").is_file():
-                    done = json.loads((folder / "transfer.json").read_text())
+                    done = read_json(folder / "transfer.json", "--out: transfer run")
                 else:
                     names = ["plain", *methods]
                     paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]

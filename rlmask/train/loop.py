@@ -240,6 +240,9 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                          device=device, rank=runtime.rank(), world_size=world, num_workers=cfg.num_workers)
     steps_per_epoch = len(loader)
+    if len(pool.splits["val"]) == 0:
+        raise UserError(f"--data {' '.join(cfg.data)}: the validation split is empty; a run needs validation images "
+                        "(give a val split, or a larger --val-fraction)")
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the training split "
                         f"({len(pool.splits['train'])} images over {world} process(es))")
