@@ -93,7 +93,10 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had the same process id
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by killed packs whose process is gone
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     try:
         for split, raw in source.splits.items():
@@ -227,3 +230,14 @@ class PackedPart:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, shards=[np.load(f, mmap_mode="r") for f in state["shards"]])
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a pack still being written by it must not be removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

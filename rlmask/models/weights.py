@@ -12,14 +12,13 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rlmask.errors import UserError, reason
-from rlmask.io import load_checkpoint
+from rlmask.io import load_checkpoint, read_json
 from rlmask.models import create_model
 
 # Reference normalisation (mean, std) on every channel, used when a checkpoint does not say.
@@ -95,6 +94,18 @@ def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init"
     return fresh
 
 
+def init_architecture(path: str | Path, trust: bool = False) -> dict:
+    """{"model", "small_stem"} a checkpoint was trained with: an rlmask checkpoint's own record, else the
+    config.json of the run folder beside it (heated.pt); None where neither says."""
+    path = Path(path)
+    obj = load_checkpoint(path, "--init", trust)
+    if obj.get("kind") == "rlmask" and isinstance(obj.get("model_info"), dict):
+        return {"model": obj["model_info"].get("name"), "small_stem": obj["model_info"].get("small_stem")}
+    sidecar = path.parent / "config.json"
+    meta = read_json(sidecar, "--init: the config.json beside") if sidecar.is_file() else {}
+    return {"model": meta.get("model"), "small_stem": meta.get("small_stem")}
+
+
 def load_classifier(path: str | Path, model_name: str | None = None, option: str = "checkpoint",
                     trust: bool = False) -> tuple[nn.Module, dict]:
     """A ready classifier from any checkpoint kind, and what is known of the data it was trained on.
@@ -120,7 +131,7 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
         return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"], "config": obj.get("config")}
     state = extract_state_dict(obj)
     sidecar = path.parent / "config.json"
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    meta = read_json(sidecar, f"{option}: the config.json beside") if sidecar.is_file() else {}
     name = model_name or meta.get("model")
     if not name:
         raise UserError(f"{option} {path}: a plain state dict; name its architecture with --model")

@@ -15,6 +15,7 @@ from rlmask.agents import AGENTS, get_agent
 from rlmask.config import option
 from rlmask.errors import UserError
 from rlmask.io import save_checkpoint, to_plain
+from rlmask.models.weights import init_architecture
 from rlmask.train.loop import Run, TrainConfig, fit
 
 
@@ -36,6 +37,8 @@ FINETUNE_WARMUP = 0.7  # the reference fine-tune warms up over 7 of its 10 epoch
 class FinetuneConfig(TrainConfig):
     """Options of ``rlmask finetune``; defaults are the reference's fine-tuning schedule."""
 
+    model: str | None = option(None, "classifier (default: the --init checkpoint's architecture, from the checkpoint "
+                                     "or the config.json beside it)")
     epochs: int = option(10, "fine-tuning epochs")
     lr: float = option(1e-3, "peak learning rate")
     schedule: str = option("step", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant"])
@@ -71,4 +74,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise UserError("--init: required (the heated model to fine-tune, e.g. DIR/heated.pt)")
     if cfg.warmup_epochs is None:
         cfg = dataclasses.replace(cfg, warmup_epochs=FINETUNE_WARMUP * cfg.epochs)
+    if cfg.model is None:  # the architecture the heated model was trained as
+        arch = init_architecture(cfg.init or cfg.resume, cfg.trust_checkpoint)
+        if arch["model"] is None:
+            raise UserError(f"--init {cfg.init}: a plain state dict without a config.json beside it; name its "
+                            "architecture with --model")
+        small_stem = cfg.small_stem if cfg.small_stem is not None else arch["small_stem"]
+        cfg = dataclasses.replace(cfg, model=arch["model"], small_stem=small_stem)
     return fit(cfg, extra_config={"method": "finetune"})

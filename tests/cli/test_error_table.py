@@ -114,3 +114,40 @@ def test_help_of_every_command(command, capsys):
         main([*command.split(), "--help"])
     assert done.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_finetune_takes_the_architecture_from_the_config_beside_heated_pt(tmp_path, capsys):
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--method", "random-mask", *FAST, "--model", "resnet10t", "--out", str(pre)]) == 0
+    code = main(["finetune", "--init", str(pre / "heated.pt"), "--data", "synthetic:n=8,size=16", "--batch-size", "8",
+                 "--epochs", "1", "--no-progress", "--out", str(tmp_path / "fine")])
+    assert code == 0, capsys.readouterr().err
+    config = __import__("json").loads((tmp_path / "fine" / "config.json").read_text())
+    assert config["model"] == "resnet10t" and config["warmup_epochs"] == pytest.approx(0.7)
+    assert config["provenance"]["torch"] == torch.__version__ and config["provenance"]["started"]
+
+
+def test_stale_temporaries_and_partial_packs_are_removed(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.abc123.tmp").write_bytes(b"torn")  # what a kill during an atomic write leaves
+    assert main(["train", *FAST, "--out", str(out)]) == 0
+    assert not list(out.glob(".*.tmp"))
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        (src / split / "a").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / split / "a" / f"{i}.png")
+    stale = tmp_path / ".pack.partial-999999999"  # a pack killed mid-way, its process long gone
+    stale.mkdir()
+    assert main(["data", "pack", str(src), "--out", str(tmp_path / "pack"), "--image-size", "8", "--no-progress"]) == 0
+    assert not stale.exists() and (tmp_path / "pack").is_dir()
+
+
+def test_more_config_types_are_checked(tmp_path, capsys):
+    (tmp_path / "lr.yaml").write_text("lr: fast\n")
+    (tmp_path / "exclude.toml").write_text("exclude = 3\n")
+    for name, needle in (("lr.yaml", "expected a number"), ("exclude.toml", "expected text")):
+        assert main(["train", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and name in err
