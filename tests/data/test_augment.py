@@ -79,7 +79,7 @@ def test_per_channel_normalisation_and_errors(batch):
         Augment(16, train=True, scale=(0.5, 0.2))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # a GPU machine only (pytest -m cuda, benchmarks/gpu.sh); deselected elsewhere
 def test_cuda_matches_cpu(batch):
     aug = Augment(12, train=True)
     on_gpu = aug(batch.cuda(), _gen(5))

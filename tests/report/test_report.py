@@ -41,7 +41,7 @@ def test_report_of_run_and_compare_is_self_contained(folders, tmp_path):
     assert "<title>Tiny &lt;report&gt;</title>" in page
     # run: training curves + test confusion matrix; compare: every PNG the comparison wrote (curves, masks).
     compare_pngs = sorted(p.name for p in folders["compare"].glob("*.png"))
-    assert compare_pngs == ["curves.png", "masks.png"]
+    assert compare_pngs == ["curves.png", "differences.png", "masks.png"]
     images = _images(page)
     assert page.count(IMG) == len(images) == 2 + len(compare_pngs)
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images)
@@ -74,16 +74,21 @@ def _stat(values: list[float]) -> dict:
     return {"mean": mean, "low": min(values), "high": max(values), "ci": [min(values), max(values)]}
 
 
-def test_compare_tables_highlight_the_best_mean(tmp_path):
-    # A comparison.json alone (no figures yet): the tables still render, the better method's mean is marked.
+def test_compare_tables_lead_with_the_paired_verdict_and_highlight_no_best_mean(tmp_path):
+    # A comparison.json alone (no figures yet): the tables still render; which method is better is said by
+    # the paired verdict, not by a highlighted largest mean.
     methods = {"plain (2 ep)": [0.25, 0.35], "pgnm": [0.6, 0.8]}
     summary = {m: {"per_seed": [{"seed": s, "accuracy": v} for s, v in enumerate(vals)], "accuracy": _stat(vals)}
                for m, vals in methods.items()}
+    paired = {"pgnm": {"macro_f1": {"mean": 0.4, "low": 0.1, "high": 0.7, "verdict": "better",
+                                    "basis": "t-interval over 2 seeds"}}}
     (tmp_path / "cmp").mkdir()
-    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"config": {"seeds": 2}, "methods": summary}))
+    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"config": {"seeds": 2}, "methods": summary,
+                                                                  "paired": paired}))
     page = build_report([tmp_path / "cmp"], tmp_path / "r.html").read_text()
-    best = re.findall(r'<td class="num best">([0-9.]+)', page)
-    assert best == [f"{_stat(methods['pgnm'])['mean']:.4f}"]
+    assert not re.findall(r'class="num best"', page)
+    assert page.index("Method - plain") < page.index("Equal compute")
+    assert "better" in page and "t-interval over 2 seeds" in page
     assert page.count(IMG) == 0 and "no figure" in page
 
 
