@@ -34,6 +34,8 @@ from rlmask.masks import apply_mask, render_mask, scaled_mask_geometry
 from rlmask.models import create_model, seeded_init
 
 EPS = 1e-6  # sampled cells are clamped to [EPS, 1-EPS]: a float32 Beta draw can round to exactly 0 or 1
+MOVED = 0.1  # a cell's Beta mean "moved" when it is this far from its initial mean
+BARELY_MOVED = 0.01  # a run whose final moved fraction is below this says "policy barely moved"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,50 +63,82 @@ class MaskGeometry:
         _check_choices(self, ("upsample",))
 
 
+# Options shared by both objectives whose default depends on the objective: the reference's published
+# values under 'reference' (pgnm-reference never changes), values measured to make the policy learn under
+# 'reinforce' (README, "Defaults that learn"; tests/agents/test_pgnm_learns.py).
+OBJECTIVE_DEFAULTS = {
+    "reference": {"base_mix": 0.9, "policy_lr": 0.01, "policy_optimizer": "sgd", "policy_schedule": "cosine"},
+    "reinforce": {"base_mix": 0.5, "policy_lr": 1e-3, "policy_optimizer": "adam", "policy_schedule": "constant"},
+}
+
+
 @dataclass
 class NoiseConfig(MaskGeometry):
-    """Options of the PGNM agent."""
+    """Options of the PGNM agent. ``None`` in an option of ``OBJECTIVE_DEFAULTS``: the objective's default."""
 
-    base_mix: float = option(0.9, "weight of the running base in the log-parameters: base_mix*base + (1-base_mix)*head")
+    base_mix: float | None = option(None, "weight of the running base in the log-parameters: "
+                                    "base_mix*base + (1-base_mix)*head (None: 0.9 reference, 0.5 reinforce)")
     base_ema: float = option(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
     policy_input_size: int | None = option(None, "side the policy sees its input at (None: full resolution)")
     objective: str = option("reinforce", "policy objective: 'reinforce' (per-sample rewards, baseline) or "
                           "'reference' (the published logsumexp * CE product)", choices=["reinforce", "reference"])
     # METHODS.md gives the corrected objective the reward r_i = -CE_i: the policy is rewarded for masks
     # the classifier still gets right, i.e. it cooperates, as the reference does. 'adversarial' (r_i = +CE_i)
-    # is offered, not the default: without a constraint its optimum is the trivial all-zero mask.
+    # is offered, not the default: without a constraint (--area-target) its optimum is the all-zero mask.
     policy_sign: str = option("cooperative", "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; "
                             "reinforce only)", choices=["cooperative", "adversarial"])
     entropy_coef: float = option(0.0, "weight of the mean per-cell Beta entropy bonus (reinforce only)")
     baseline_momentum: float = option(0.9, "momentum of the running-mean reward baseline (reinforce only)")
+    # A sum over G*G cells makes the policy's step grow with the grid (81 to 4,096 terms at our sizes) and
+    # its gradient noise with it; the per-cell mean keeps one scale at every grid (reinforce only).
+    log_prob_reduction: str = option("mean", "how a mask's per-cell log-probabilities enter REINFORCE: 'mean' "
+                                     "(per-cell, grid-independent scale) or 'sum' (the joint log-probability)",
+                                     choices=["mean", "sum"])
+    advantage_norm: bool = option(True, "divide the advantages by the batch std of the rewards (reinforce only)")
+    area_target: float | None = option(None, "target mean keep fraction of a mask: adds area_coef * "
+                                       "(mean cell mean - target)^2 per sample to the policy loss (reinforce only)")
+    area_coef: float = option(10.0, "weight of the area penalty (with --area-target)")
     min_concentration: float = option(1e-2, "lower clamp of the Beta concentrations exp(log-params)")
     max_concentration: float = option(1e2, "upper clamp of the Beta concentrations exp(log-params)")
-    policy_lr: float = option(0.01, "policy learning rate (the reference uses the classifier's lr / 10)")
+    policy_lr: float | None = option(None, "policy learning rate (None: 0.01 reference, the classifier's lr / 10 "
+                                     "there; 1e-3 reinforce)")
     policy_momentum: float = option(0.9, "policy SGD momentum")
     policy_weight_decay: float = option(1e-4, "policy weight decay")
-    policy_optimizer: str = option("sgd", "policy optimiser", choices=["sgd", "adamw", "adam"])
-    policy_schedule: str = option("cosine", "policy learning-rate schedule", choices=["cosine", "step", "constant"])
+    policy_optimizer: str | None = option(None, "policy optimiser (None: sgd reference, adam reinforce)",
+                                          choices=["sgd", "adamw", "adam"])
+    policy_schedule: str | None = option(None, "policy learning-rate schedule (None: cosine reference, "
+                                         "constant reinforce)", choices=["cosine", "step", "constant"])
+
+    def resolved(self) -> NoiseConfig:
+        """A copy with every ``None`` of ``OBJECTIVE_DEFAULTS`` replaced by the objective's value."""
+        defaults = OBJECTIVE_DEFAULTS.get(self.objective, OBJECTIVE_DEFAULTS["reinforce"])
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first option that is out of range."""
-        _check_choices(self, ("upsample", "objective", "policy_sign", "policy_optimizer", "policy_schedule"))
+        _check_choices(self, ("upsample", "objective"))
+        c = self.resolved()
+        _check_choices(c, ("policy_sign", "policy_optimizer", "policy_schedule", "log_prob_reduction"))
+        reinforce_only = c.objective == "reinforce"
         checks = [
-            ("base_mix", 0 <= self.base_mix <= 1, "must be in [0, 1]"),
-            ("base_ema", 0 <= self.base_ema < 1, "must be in [0, 1)"),
-            ("baseline_momentum", 0 <= self.baseline_momentum < 1, "must be in [0, 1)"),
-            ("entropy_coef", self.entropy_coef >= 0, "must be >= 0"),
-            ("min_concentration", self.min_concentration > 0, "must be > 0"),
-            ("max_concentration", self.max_concentration > self.min_concentration, "must exceed min_concentration"),
-            ("policy_input_size", self.policy_input_size is None or self.policy_input_size >= 8, "must be >= 8"),
-            ("policy_lr", self.policy_lr > 0, "must be > 0"),
-            ("policy_sign", self.objective == "reinforce" or self.policy_sign == "cooperative",
+            ("base_mix", 0 <= c.base_mix <= 1, "must be in [0, 1]"),
+            ("base_ema", 0 <= c.base_ema < 1, "must be in [0, 1)"),
+            ("baseline_momentum", 0 <= c.baseline_momentum < 1, "must be in [0, 1)"),
+            ("entropy_coef", c.entropy_coef >= 0, "must be >= 0"),
+            ("min_concentration", c.min_concentration > 0, "must be > 0"),
+            ("max_concentration", c.max_concentration > c.min_concentration, "must exceed min_concentration"),
+            ("policy_input_size", c.policy_input_size is None or c.policy_input_size >= 8, "must be >= 8"),
+            ("policy_lr", c.policy_lr > 0, "must be > 0"),
+            ("area_target", c.area_target is None or 0 <= c.area_target <= 1, "must be in [0, 1]"),
+            ("area_coef", c.area_coef >= 0, "must be >= 0"),
+            ("policy_sign", reinforce_only or c.policy_sign == "cooperative",
              "the reference objective is cooperative only"),
-            ("entropy_coef", self.objective == "reinforce" or self.entropy_coef == 0,
-             "applies to objective 'reinforce' only"),
+            ("entropy_coef", reinforce_only or c.entropy_coef == 0, "applies to objective 'reinforce' only"),
+            ("area_target", reinforce_only or c.area_target is None, "applies to objective 'reinforce' only"),
         ]
         for name, ok, what in checks:
             if not ok:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: {what}")
+                raise UserError(f"--{name.replace('_', '-')} {getattr(c, name)}: {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,14 +312,50 @@ def reference_loss(log_prob: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_policy_loss(
-    log_prob: torch.Tensor, advantage: torch.Tensor, entropy: torch.Tensor, entropy_coef: float
+    log_prob: torch.Tensor, advantage: torch.Tensor, entropy: torch.Tensor, entropy_coef: float,
+    reduction: str = "sum",
 ) -> torch.Tensor:
-    """REINFORCE with a baseline: -mean_i(advantage_i * sum_cells log_prob_i) - entropy_coef * mean entropy.
+    """REINFORCE with a baseline: -mean_i(advantage_i * R_cells log_prob_i) - entropy_coef * mean entropy.
 
-    log_prob (B, G*G), advantage (B,) detached, entropy (B, G*G).
+    log_prob (B, G*G), advantage (B,) detached, entropy (B, G*G). R is ``reduction``: ``"sum"`` gives the
+    joint log-probability of a mask (the textbook estimator), ``"mean"`` the same direction at 1/(G*G) the
+    scale, so that one learning rate fits every grid.
     """
-    loss = -(advantage * log_prob.sum(dim=1)).mean()
+    per_mask = log_prob.sum(dim=1) if reduction == "sum" else log_prob.mean(dim=1)  # (B,)
+    loss = -(advantage * per_mask).mean()
     return loss - entropy_coef * entropy.mean() if entropy_coef else loss
+
+
+def normalised_advantage(reward: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """(reward - baseline) / batch std of the rewards, (B,): a unit-scale step whatever the scale of the CE.
+
+    A batch of one has no spread to divide by and is returned unscaled (a static shape: no host sync).
+    """
+    advantage = reward - baseline
+    if reward.numel() < 2:
+        return advantage
+    return advantage / reward.std().clamp_min(1e-6)
+
+
+def beta_kl(a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
+    """KL(Beta(a, b) || Beta(a0, b0)), elementwise (broadcast)."""
+    ln_b = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+    ln_b0 = torch.lgamma(a0) + torch.lgamma(b0) - torch.lgamma(a0 + b0)
+    return (ln_b0 - ln_b + (a - a0) * torch.digamma(a) + (b - b0) * torch.digamma(b)
+            + (a0 - a + b0 - b) * torch.digamma(a + b))
+
+
+def _std(v: torch.Tensor) -> torch.Tensor:
+    """Std of a 1-D tensor, 0 for a single value (not NaN, which would poison the epoch's mean)."""
+    return v.std() if v.numel() > 1 else torch.zeros_like(v.sum())
+
+
+def _grad_norm(params, device) -> torch.Tensor:
+    """L2 norm of the gradients of ``params`` (0 when none has one), a scalar tensor on ``device``."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +402,7 @@ class NoiseMaskAgent(_SeededAgent):
     def __init__(self, cfg: NoiseConfig, image_size: int, in_chans: int, seed: int = 0):
         super().__init__(seed)
         cfg.validate()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolved()  # the objective's defaults filled in
         self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
         self.policy = BetaNoisePolicy(
             self.geometry["grid"], in_chans, image_size, cfg.policy_input_size, cfg.base_mix, cfg.base_ema,
@@ -340,35 +410,66 @@ class NoiseMaskAgent(_SeededAgent):
         )
         self.register_buffer("baseline", torch.zeros(()))  # running mean of the rewards
         self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))
+        # The distribution the policy starts from, Beta(exp(base_a), exp(base_b)) at construction, for the
+        # diagnostics (KL from it, cells moved); saved, so a policy loaded into another agent keeps its origin.
+        self.register_buffer("initial_base_a", self.policy.base_a.clone())  # (1, G*G)
+        self.register_buffer("initial_base_b", self.policy.base_b.clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the diagnostics lack the initial bases: they were drawn from the seed,
+        # so this agent's own (same seed) values stand in, and such checkpoints keep loading strictly.
+        for name in ("initial_base_a", "initial_base_b"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def render(self, cells: torch.Tensor, size) -> torch.Tensor:
         """Cells (B, G*G) -> smooth mask (B, 1, H, W)."""
         return render_mask(cells, tuple(size), kernel=self.geometry["kernel"], sigma=self.geometry["sigma"],
                            upsample=self.cfg.upsample)
 
+    def train_step(self, ctx, x, y):
+        """The one update of :class:`MaskAgent`, then the gradient norms of both networks, read from .grad.
+
+        ``ctx.update`` leaves the gradients in place until the next update zeroes them, so the norms cost
+        one fused norm per network and no second backward. The classifier's is the norm after clipping.
+        """
+        with ctx.autocast():
+            loss, logs = self.training_loss(x, y, ctx.loss)
+        ctx.update(loss)
+        logs["policy/grad_norm"] = _grad_norm(self.policy.parameters(), x.device)
+        logs["policy/classifier_grad_norm"] = _grad_norm(ctx.model.parameters(), x.device)
+        return logs
+
     def training_loss(self, x, y, loss_fn):
         """One PGNM step on x (B, C, H, W): sample masks, classify masked images, build the objective's loss."""
+        cfg = self.cfg
         log_alpha, log_beta = self.policy(x)  # (B, G*G) each
         dist = self.policy.distribution(log_alpha, log_beta)
         cells = sample_cells(dist, self.rng(x.device))  # (B, G*G), sampled: no gradient reaches the mask
         mask = self.render(cells, x.shape[-2:])  # (B, 1, H, W)
         ce = loss_fn(apply_mask(x, mask), y).float()  # (B,)
         # (B, G*G) each; the entropy needs a gradient only when it is part of the objective
-        log_prob, entropy = beta_log_prob_and_entropy(dist, cells, entropy_grad=self.cfg.entropy_coef > 0)
-        sign = -1.0 if self.cfg.policy_sign == "cooperative" else 1.0
+        log_prob, entropy = beta_log_prob_and_entropy(dist, cells, entropy_grad=cfg.entropy_coef > 0)
+        sign = -1.0 if cfg.policy_sign == "cooperative" else 1.0
         reward = sign * ce.detach()  # (B,)
+        cell_mean = dist.mean  # (B, G*G) expected keep per cell, differentiable
 
-        if self.cfg.objective == "reference":
+        if cfg.objective == "reference":
             loss = policy_loss = reference_loss(log_prob, ce)
             baseline = torch.zeros_like(reward[0])
+            advantage = reward  # no baseline: every sample's weight is the batch's shared CE
             log_prob_used = torch.logsumexp(log_prob, dim=1).mean()  # the reference's "log-probability"
         else:
             baseline = torch.where(self.baseline_steps > 0, self.baseline, reward.mean())
-            advantage = reward - baseline  # (B,)
-            policy_loss = reinforce_policy_loss(log_prob, advantage, entropy, self.cfg.entropy_coef)
+            advantage = normalised_advantage(reward, baseline) if cfg.advantage_norm else reward - baseline  # (B,)
+            policy_loss = reinforce_policy_loss(log_prob, advantage, entropy, cfg.entropy_coef,
+                                                cfg.log_prob_reduction)
+            if cfg.area_target is not None:  # keeps an adversarial policy off the all-zero mask
+                area = cfg.area_coef * ((cell_mean.mean(1) - cfg.area_target) ** 2).mean()
+                policy_loss = policy_loss + area
             loss = ce.mean() + policy_loss
             with torch.no_grad():  # updated after use, so a sample's own reward is not in its baseline
-                m = self.cfg.baseline_momentum
+                m = cfg.baseline_momentum
                 self.baseline.copy_(m * baseline + (1 - m) * reward.mean())
                 self.baseline_steps.add_(1)
             log_prob_used = log_prob.sum(dim=1).mean()  # joint log-probability of a mask
@@ -376,9 +477,37 @@ class NoiseMaskAgent(_SeededAgent):
         logs = {
             "losses/ce": ce.mean(), "losses/policy": policy_loss, "policy/mask_mean": cells.mean(),
             "policy/mask_entropy": entropy.mean(), "policy/reward": reward.mean(), "policy/baseline": baseline,
-            "policy/log_prob": log_prob_used,
+            "policy/log_prob": log_prob_used, **self._drift_logs(dist, cells, advantage),
         }
         return loss, {k: v.detach() for k, v in logs.items()}
+
+    @torch.no_grad()
+    def _drift_logs(self, dist: Beta, cells: torch.Tensor, advantage: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How far the policy is from where it started, as scalar tensors (no host sync).
+
+        ``kl_from_initial``: per-cell KL(learned Beta || initial Beta) averaged over samples and cells;
+        ``moved_fraction``: share of (sample, cell) pairs whose Beta mean is > 0.1 from the initial mean.
+        """
+        initial = self.policy.distribution(self.initial_base_a, self.initial_base_b)
+        a0, b0 = initial.concentration1, initial.concentration0  # (1, G*G)
+        a, b = dist.concentration1, dist.concentration0  # (B, G*G)
+        per_sample = cells.mean(1)  # (B,) each mask's mean keep
+        return {
+            "policy/advantage_mean": advantage.mean(), "policy/advantage_std": _std(advantage),
+            "policy/mask_sample_std": _std(per_sample),
+            "policy/kl_from_initial": beta_kl(a, b, a0, b0).mean(),
+            "policy/moved_fraction": ((a / (a + b) - a0 / (a0 + b0)).abs() > MOVED).float().mean(),
+        }
+
+    @torch.no_grad()
+    def cell_means(self, x: torch.Tensor) -> torch.Tensor:
+        """The expected keep per cell, (B, G*G), that the policy gives x in eval mode (bases untouched)."""
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            return self.policy.distribution(*self.policy(x)).mean
+        finally:
+            self.policy.train(was_training)
 
     @torch.no_grad()
     def masked_eval_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -11,10 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+from tqdm import tqdm
+
 from rlmask.agents import AGENTS, get_agent
+from rlmask.agents.noise import BARELY_MOVED, MOVED
 from rlmask.config import option
+from rlmask.data import BatchLoader
 from rlmask.errors import UserError
-from rlmask.io import save_checkpoint, to_plain
+from rlmask.io import read_jsonl, save_checkpoint, to_plain, write_json
 from rlmask.models.weights import init_architecture
 from rlmask.train.loop import Run, TrainConfig, fit
 
@@ -49,10 +54,48 @@ class FinetuneConfig(TrainConfig):
 
 
 def export_heated(run: Run) -> None:
-    """heated.pt: what the task exports (the classifier for classify); policy.pt: the agent's state."""
+    """heated.pt: what the task exports (the classifier for classify); policy.pt: the agent's state;
+    policy_summary.json for agents with a per-image policy (PGNM)."""
     run.task.export(run.model, run.out)
     if run.agent.state_dict():
         save_checkpoint(run.out / "policy.pt", {"agent": run.agent.state_dict(), "config": run.agent.resolved_config()})
+    if hasattr(run.agent, "cell_means"):
+        write_policy_summary(run)
+
+
+def write_policy_summary(run: Run) -> dict:
+    """policy_summary.json: the policy's mean expected keep per class on the validation split, and the last
+    epoch's drift; says "policy barely moved: ..." (tqdm.write) when under 1% of the cells moved.
+
+    Here, after training, rather than in the step: per-class means need the labels of a whole split and
+    one pass over it, which the step's scalar logs cannot give without a host sync per batch.
+    """
+    summary: dict = {}
+    split = run.pool.splits.get("val")
+    if split is not None and len(split):
+        loader = BatchLoader(split, run.cfg.eval_batch_size, shuffle=False, seed=0, drop_last=False,
+                             device=run.device, rank=0, world_size=1)
+        sums = torch.zeros(len(run.pool.classes), dtype=torch.float64)
+        counts = torch.zeros(len(run.pool.classes), dtype=torch.float64)
+        for x_u8, y in loader.epoch(0):
+            keep = run.agent.cell_means(run.eval_aug(x_u8, None)).mean(1).double().cpu()  # (B,) mean keep
+            y = y.cpu()
+            sums.index_add_(0, y, keep)
+            counts.index_add_(0, y, torch.ones_like(keep))
+        summary["val_mask_mean_per_class"] = {c: (sums[i] / counts[i]).item() if counts[i] else None
+                                              for i, c in enumerate(run.pool.classes)}
+    records = [r for r in read_jsonl(run.out / "log.jsonl") if "policy/moved_fraction" in r]
+    if records:
+        last = records[-1]
+        keys = ("policy/moved_fraction", "policy/kl_from_initial", "policy/mask_mean", "policy/mask_sample_std")
+        summary["last_epoch"] = {k: last[k] for k in keys if k in last}
+        moved = last["policy/moved_fraction"]
+        summary["barely_moved"] = moved < BARELY_MOVED
+        if summary["barely_moved"]:
+            tqdm.write(f"policy barely moved: {moved:.4f} of the cells' Beta means are > {MOVED} from the initial "
+                       f"ones in the last epoch (KL from the initial Beta {last.get('policy/kl_from_initial', 0):.4g})")
+    write_json(run.out / "policy_summary.json", summary)
+    return summary
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
