@@ -4,6 +4,9 @@
 - ``pgnm`` (presets ``pgnm-reinforce``, ``pgnm-reference``): Policy Gradient-Driven Noise Mask (``noise.py``)
 - ``random-mask``: Beta(1, 1) masks rendered like PGNM's (ablation, ``noise.py``)
 - ``gaussian-noise``: additive Gaussian noise (baseline, ``noise.py``)
+- ``apga`` (presets ``apga-reference``, ``apga-bernoulli``): Adversarial Policy Gradient Augmentation
+  (``segmentation.py``)
+- ``cutout``, ``gradcam-mask``: random erasing and Grad-CAM-guided masking (APGA's baselines, ``segmentation.py``)
 
 Importing this package imports every agent file, which registers it.
 """
@@ -11,6 +14,7 @@ Importing this package imports every agent file, which registers it.
 from __future__ import annotations
 
 from rlmask.agents import noise  # noqa: F401  (registers pgnm, random-mask, gaussian-noise)
+from rlmask.agents import segmentation  # noqa: F401  (registers apga, cutout, gradcam-mask)
 from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent, StepContext
 from rlmask.agents.registry import AGENTS, AgentSpec, get_agent, register_agent, register_preset
 
