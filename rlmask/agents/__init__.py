@@ -13,8 +13,9 @@ Importing this package imports every agent file, which registers it.
 
 from __future__ import annotations
 
-from rlmask.agents import noise  # noqa: F401  (registers pgnm, random-mask, gaussian-noise)
-from rlmask.agents import segmentation  # noqa: F401  (registers apga, cutout, gradcam-mask)
+# Importing the agent files registers pgnm, random-mask, gaussian-noise (noise) and apga, cutout, gradcam-mask
+# (segmentation).
+from rlmask.agents import noise, segmentation  # noqa: F401
 from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent, StepContext
 from rlmask.agents.registry import AGENTS, AgentSpec, get_agent, register_agent, register_preset
 
