@@ -37,7 +37,8 @@ def test_reference_agent_loss_matches_a_hand_computation():
     # A batch reward (the same R for every sample) is the reference's loss on BCE means over the whole batch.
     flat = nn.BCELoss()
     same = torch.tensor([0.5, 0.5])
-    reference = 100 * 0.5 * flat(p, action) + 0.1 * 0.5 * flat(p, torch.zeros_like(p)) + 0.01 * 0.5 * flat(p, torch.ones_like(p))
+    reference = (100 * 0.5 * flat(p, action) + 0.1 * 0.5 * flat(p, torch.zeros_like(p))
+                 + 0.01 * 0.5 * flat(p, torch.ones_like(p)))
     assert reference_agent_loss(logits, action, same).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
