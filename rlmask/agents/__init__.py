@@ -4,13 +4,18 @@
 - ``pgnm`` (presets ``pgnm-reinforce``, ``pgnm-reference``): Policy Gradient-Driven Noise Mask (``noise.py``)
 - ``random-mask``: Beta(1, 1) masks rendered like PGNM's (ablation, ``noise.py``)
 - ``gaussian-noise``: additive Gaussian noise (baseline, ``noise.py``)
+- ``apga`` (presets ``apga-reference``, ``apga-bernoulli``): Adversarial Policy Gradient Augmentation
+  (``segmentation.py``)
+- ``cutout``, ``gradcam-mask``: random erasing and Grad-CAM-guided masking (APGA's baselines, ``segmentation.py``)
 
 Importing this package imports every agent file, which registers it.
 """
 
 from __future__ import annotations
 
-from rlmask.agents import noise  # noqa: F401  (registers pgnm, random-mask, gaussian-noise)
+# Importing the agent files registers pgnm, random-mask, gaussian-noise (noise) and apga, cutout, gradcam-mask
+# (segmentation).
+from rlmask.agents import noise, segmentation  # noqa: F401
 from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent, StepContext
 from rlmask.agents.registry import AGENTS, AgentSpec, get_agent, register_agent, register_preset
 

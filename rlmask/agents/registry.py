@@ -26,6 +26,9 @@ class AgentSpec:
     presets: dict = field(default_factory=dict)  # option values this name fixes (a preset of another agent)
     in_default_comparison: bool = False  # part of `rlmask compare` when --methods is not given
     summary: str = ""
+    # An option naming a plain model's checkpoint (e.g. gradcam-mask's "gradcam_from"): ``rlmask compare`` fills
+    # it with the same seed's plain run, trained first.
+    plain_checkpoint_option: str | None = None
 
     def make_options(self, values: dict | None = None):
         """The options dataclass from preset values, then ``values`` (plain data); None without options.
@@ -59,15 +62,18 @@ AGENTS: dict[str, AgentSpec] = {"plain": AgentSpec("plain", MaskAgent, summary="
 
 
 def register_agent(name: str, *, options: type | None = None, task: str = "classify",
-                   in_default_comparison: bool = False):
-    """Class decorator: register an agent class under ``name`` (its ``name`` attribute is set to it)."""
+                   in_default_comparison: bool = False, plain_checkpoint_option: str | None = None):
+    """Class decorator: register an agent class under ``name`` (its ``name`` attribute is set to it).
+
+    ``plain_checkpoint_option``: the option (a field of ``options``) through which the agent takes a plain
+    model's checkpoint; ``rlmask compare`` fills it per seed."""
 
     def decorate(cls: type[MaskAgent]) -> type[MaskAgent]:
         if name in AGENTS:
             raise ValueError(f"agent {name!r} is already registered")
         cls.name = name
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        AGENTS[name] = AgentSpec(name, cls, options, task, {}, in_default_comparison, summary)
+        AGENTS[name] = AgentSpec(name, cls, options, task, {}, in_default_comparison, summary, plain_checkpoint_option)
         return cls
 
     return decorate

@@ -71,6 +71,8 @@ class CompareConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        # "--methods plain,apga,cutout" and "--methods plain apga cutout" are the same list
+        self.methods = [m for item in self.methods for m in item.split(",") if m]
         for m in self.methods:
             get_agent(m, "--methods")
         if self.seeds < 1 or self.finetune_epochs < 0:
@@ -105,9 +107,10 @@ class CompareConfig(TrainConfig):
         self.method_options = options
 
 
-def _agent_options(method: str, cfg: CompareConfig) -> dict:
-    """Every option of ``method``'s agent as plain data: its defaults, its preset, the comparison's values."""
-    options = get_agent(method).make_options(cfg.method_options.get(method))
+def _agent_options(method: str, cfg: CompareConfig, values: dict | None = None) -> dict:
+    """Every option of ``method``'s agent as plain data: its defaults, its preset, the comparison's values
+    (``values`` when given)."""
+    options = get_agent(method).make_options(values if values is not None else cfg.method_options.get(method))
     return to_plain(options) if options is not None else {}
 
 
@@ -145,6 +148,32 @@ def _scores(metrics: dict) -> dict:
     return {k: split[k] for k in METRICS}
 
 
+# --- APGA additions (issue 11): plain checkpoints for agents that need one, test-time augmentation -----------
+def _plain_run(cfg: CompareConfig, seed: int, out: Path) -> Path:
+    """The equal-compute plain run of ``seed`` (trained now unless already done); its folder."""
+    folder = out / "plain" / f"seed{seed}"
+    total = cfg.epochs + cfg.finetune_epochs
+    _run_once(fit, TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=total))
+    return folder
+
+
+def _method_values(cfg: CompareConfig, method: str, seed: int, out: Path) -> dict | None:
+    """The comparison's options of ``method``, with its plain-checkpoint option (if it has one and the user did
+    not set it) filled with the same seed's plain run's last.pt."""
+    values = cfg.method_options.get(method)
+    name = get_agent(method).plain_checkpoint_option
+    if name and not (values or {}).get(name):
+        values = dict(values or {}) | {name: str(_plain_run(cfg, seed, out) / "last.pt")}
+    return values
+
+
+def _tta_scores(metrics: dict) -> dict:
+    """``tta_METRIC`` of the pretraining run's test-time-augmentation view, where the agent has one."""
+    split = metrics.get("test_tta") or metrics.get("val_tta")
+    return {f"tta_{k}": split[k] for k in METRICS} if split else {}
+# --- end of APGA additions ------------------------------------------------------------------------------------
+
+
 def run_comparison(cfg: CompareConfig) -> dict:
     """Run every method for every seed; write comparison.json, comparison.md and the figures."""
     cfg.validate()
@@ -170,10 +199,12 @@ def run_comparison(cfg: CompareConfig) -> dict:
                         break
                 continue
             pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
+            values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
             pre_cfg = PretrainConfig(**_train_fields(cfg), seed=seed, out=str(pre_dir), epochs=cfg.epochs,
-                                     method=method, agent=_agent_options(method, cfg))
+                                     method=method, agent=_agent_options(method, cfg, values))
             pre_metrics = _run_once(pretrain, pre_cfg)
             row = {"seed": seed, **{f"heated_{k}": v for k, v in _scores(pre_metrics).items()}}
+            row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
             curve = read_jsonl(pre_dir / "log.jsonl")
             if cfg.finetune_epochs:
                 fine_metrics = _run_once(finetune, FinetuneConfig(
@@ -409,6 +440,12 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
     if heated:
         lines += ["", "## Heated models before fine-tuning", "", header.rstrip("\n")]
         lines += [f"| {m} | " + " | ".join(_fmt(methods[m][f'heated_{k}']) for k in METRICS) + " |" for m in heated]
+    tta = [m for m in equal if f"heated_tta_{METRICS[0]}" in methods[m]]  # APGA addition: test-time augmentation
+    if tta:
+        lines += ["", "## Heated models with test-time augmentation (mean softmax of the clean and kept image)", "",
+                  header.rstrip("\n")]
+        lines += [f"| {m} (TTA) | " + " | ".join(_fmt(methods[m][f'heated_tta_{k}']) for k in METRICS) + " |"
+                  for m in tta]
     lines += ["", "## Figures", ""] + [f"![{name}]({file})" for name, file in figures.items()] + [""]
     return "\n".join(lines)
 
@@ -424,9 +461,10 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     index = torch.linspace(0, len(val) - 1, n).long()
     x_u8 = val.load(index)  # (n, C, S, S)
     x = Augment(pool.image_size, train=False)(x_u8, None)
-    rows = {}
+    rows, extra = {}, {}
     for method in methods:
-        agent = get_agent(method).build(pool.image_size, pool.channels, seed=0, options=cfg.method_options.get(method))
+        agent = get_agent(method).build(pool.image_size, pool.channels, seed=0,
+                                        options=_method_values(cfg, method, 0, out))
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])
@@ -434,9 +472,12 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
         sampled = agent.sample_masks(x, torch.Generator().manual_seed(0))
         if sampled is not None:
             rows[method] = sampled["mask"][:, 0].numpy()
+            # Extra (n, 1, S, S) rows in [0, 1], e.g. APGA's probability map; other entries (cells) are not images.
+            extra[method] = {k: v[:, 0].numpy() for k, v in sampled.items()
+                             if k != "mask" and v.dim() == 4 and v.shape[1] == 1 and v.shape[-2:] == x.shape[-2:]}
     if not rows:
         return None
     images = (x_u8.float() / 255).permute(0, 2, 3, 1).numpy()
     images = images[..., 0] if images.shape[-1] == 1 else images
     titles = [pool.classes[int(c)] for c in val.labels[index]]
-    return plot_mask_gallery(images, rows, out / "masks.png", titles)
+    return plot_mask_gallery(images, rows, out / "masks.png", titles, extra={m: e for m, e in extra.items() if e})

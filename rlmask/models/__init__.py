@@ -1,4 +1,4 @@
-"""Model registry: built-in timm-compatible ResNets, an optional ``timm:<name>`` passthrough, the agents' U-Net.
+"""Model registry: built-in timm-compatible ResNets, an optional ``timm:<name>`` passthrough, the agents' U-Nets.
 
 ``create_model("resnet18", num_classes=10)`` builds a registered model; ``register_model`` adds a
 builder ``fn(num_classes, in_chans=3, small_stem=False) -> nn.Module`` under its function name.
@@ -14,11 +14,12 @@ from torch import nn
 
 from rlmask.errors import UserError
 from rlmask.models.resnet import ResNet, resnet10t, resnet18, resnet26, resnet34, resnet50
-from rlmask.models.unet import UNet
+from rlmask.models.unet import UNet, VGG11UNet
 
 __all__ = [
     "ResNet",
     "UNet",
+    "VGG11UNet",
     "create_model",
     "list_models",
     "register_model",

@@ -1,4 +1,5 @@
-"""A small configurable U-Net, the body of the occlusion (DQN) and segmentation (APGA) agents."""
+"""The agents' U-Nets: a small configurable U-Net (the occlusion (DQN) and segmentation (APGA) agents) and a
+U-Net on a VGG-11 encoder (the APGA reference's segmentation network), both in plain PyTorch."""
 
 from __future__ import annotations
 
@@ -66,3 +67,61 @@ class UNet(nn.Module):
         """(B, in_chans, H, W) -> (B, out_chans, H, W)."""
         # The decoder upsamples to each skip's exact size, so the output already has the input's size.
         return self.decode(self.encode(x))
+
+
+# VGG-11's convolution widths, grouped by resolution (configuration "A" of Simonyan & Zisserman):
+# one conv at the first two levels, two at the last three, a 2x2 max-pool between levels.
+VGG11_LEVELS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+
+
+def _conv_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+
+
+class VGG11UNet(nn.Module):
+    """U-Net whose encoder is VGG-11's convolutional part (no batch norm, as VGG-11 itself), as the APGA
+    reference's segmentation network; the decoder upsamples bilinearly to each skip's size, concatenates it
+    and applies two conv-ReLU layers of half the skip's width. Randomly initialised: torchvision (and so its
+    ImageNet weights) is not used here.
+
+    Like ``UNet`` any input size works: a level already at 1 pixel is not pooled further, and the output
+    (raw, no activation) has the input's spatial size. ``width`` scales every convolution (1.0: VGG-11's).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, width: float = 1.0):
+        super().__init__()
+        levels = [tuple(max(1, round(c * width)) for c in level) for level in VGG11_LEVELS]
+        self.widths = [level[-1] for level in levels]
+        encoder, cin = [], in_chans
+        for level in levels:
+            layers = []
+            for cout in level:
+                layers += _conv_relu(cin, cout)
+                cin = cout
+            encoder.append(nn.Sequential(*layers))
+        self.encoder = nn.ModuleList(encoder)
+        # Centre: one more pooled level, as in VGG's last pool, before the decoder climbs back.
+        self.center = nn.Sequential(*_conv_relu(cin, cin))
+        decoder, below = [], cin
+        for skip in reversed(self.widths):
+            out = max(1, skip // 2)
+            decoder.append(nn.Sequential(*_conv_relu(below + skip, out), *_conv_relu(out, out)))
+            below = out
+        self.decoder = nn.ModuleList(decoder)  # deepest level first
+        self.head = nn.Conv2d(below, out_chans, 1)
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, out_chans, H, W)."""
+        skips = []
+        for i, block in enumerate(self.encoder):
+            x = block(self._pool(x) if i > 0 else x)
+            skips.append(x)  # (B, widths[i], H / 2^i, W / 2^i)
+        x = self.center(self._pool(x))
+        for block, skip in zip(self.decoder, reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)

@@ -58,24 +58,34 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
     return _save(fig, path)
 
 
-def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Path, titles: list[str] | None = None) -> Path:
-    """Images (N, H, W[, 3]) in [0, 1] in the first row, then one row per mask set (N, H, W) in [0, 1]
-    and a row of the masked images for each."""
+def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Path, titles: list[str] | None = None,
+                      extra: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
+    """Images (N, H, W[, 3]) in [0, 1] in the first row, then for each mask set (N, H, W) in [0, 1] its
+    ``extra`` rows (``{label: {row name: (N, H, W) in [0, 1]}}``, e.g. APGA's probability map), the mask and
+    the masked images."""
     n = images.shape[0]
-    n_rows = 1 + 2 * len(rows)
+    extra = extra or {}
+    n_rows = 1 + sum(2 + len(extra.get(label, {})) for label in rows)
     fig, axes = plt.subplots(n_rows, n, figsize=(1.6 * n, 1.7 * n_rows), squeeze=False)
     grey = images.ndim == 3
     for j in range(n):
         axes[0, j].imshow(images[j], cmap="gray" if grey else None, vmin=0, vmax=1)
         if titles:
             axes[0, j].set_title(drawable(titles[j]), fontsize=7)
-    for i, (label, masks) in enumerate(rows.items()):
+    row = 1
+    for label, masks in rows.items():
+        for name, values in extra.get(label, {}).items():
+            for j in range(n):
+                axes[row, j].imshow(values[j], cmap="viridis", vmin=0, vmax=1)
+            axes[row, 0].set_ylabel(drawable(f"{label}\n{name}"), fontsize=8)
+            row += 1
         for j in range(n):
-            axes[1 + 2 * i, j].imshow(masks[j], cmap="magma", vmin=0, vmax=1)
+            axes[row, j].imshow(masks[j], cmap="magma", vmin=0, vmax=1)
             masked = images[j] * (masks[j] if grey else masks[j][..., None])
-            axes[2 + 2 * i, j].imshow(masked, cmap="gray" if grey else None, vmin=0, vmax=1)
-        axes[1 + 2 * i, 0].set_ylabel(f"{label}\nmask", fontsize=8)
-        axes[2 + 2 * i, 0].set_ylabel(f"{label}\nmasked", fontsize=8)
+            axes[row + 1, j].imshow(masked, cmap="gray" if grey else None, vmin=0, vmax=1)
+        axes[row, 0].set_ylabel(f"{label}\nmask", fontsize=8)
+        axes[row + 1, 0].set_ylabel(f"{label}\nmasked", fontsize=8)
+        row += 2
     axes[0, 0].set_ylabel("image", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -210,7 +210,9 @@ def _run_section(folder: Path, scratch: Path) -> str:
     parts = [f'<p>{_e(" · ".join(str(x) for x in summary if x))}</p>'
              f'<div class="grid"><div><h3>Configuration</h3>{_key_values(pairs)}</div><div>']
     if metrics:
+        # val, test, then the agent's final views (val_tta, test_tta for APGA) where present
         splits = [s for s in ("val", "test") if metrics.get(s)]
+        splits += [s for s in metrics if s.startswith(("val_", "test_")) and isinstance(metrics[s], dict)]
         head = ["metric", *splits]
         rows = [[_e(LABELS[m]), *(_num(metrics[s].get(m)) for s in splits)] for m in FINAL_METRICS]
         best = metrics.get("best") or {}
@@ -313,6 +315,10 @@ def _compare_section(folder: Path, scratch: Path) -> str:
                      + _summary_table(methods, short + others))
     if heated:
         parts.append("<h3>Heated models before fine-tuning</h3>" + _summary_table(methods, heated, "heated_"))
+    tta = [m for m in equal if f"heated_tta_{METRICS[0]}" in methods[m]]  # APGA's test-time augmentation
+    if tta:
+        parts.append("<h3>Heated models with test-time augmentation (mean softmax of the clean and kept image)</h3>"
+                     + _summary_table(methods, tta, "heated_tta_"))
     parts.append("<h3>Training curves</h3>" + _figure(_png_file(folder / "curves.png"),
                                                      "validation macro-F1 and training loss, mean over seeds"))
     if (folder / "masks.png").is_file():

@@ -12,14 +12,33 @@ from rlmask.train.step import TrainStep
 from rlmask.train.tasks import build_task
 
 S, C, B, K = 16, 1, 4, 3
+PLAIN_DIR = None  # set by the autouse fixture below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _plain_dir(tmp_path_factory):
+    global PLAIN_DIR
+    PLAIN_DIR = tmp_path_factory.mktemp("plain")
+
+
+def plain_checkpoint(path) -> str:
+    """An rlmask checkpoint of a plain resnet10t for the data of these tests (agents that need a plain model)."""
+    if not path.is_file():
+        model = build_task("classify").build_model("resnet10t", K, C, small_stem=True)
+        torch.save({"kind": "rlmask", "model": model.state_dict(), "data": {"channels": C, "classes": None},
+                    "model_info": {"name": "resnet10t", "num_classes": K, "small_stem": True}}, path)
+    return str(path)
 
 
 def setup(name: str, seed: int = 0):
     spec = AGENTS[name]
     task = build_task(spec.task)
+    options = None
+    if spec.plain_checkpoint_option:  # e.g. gradcam-mask: the plain model its masks come from
+        options = {spec.plain_checkpoint_option: plain_checkpoint(PLAIN_DIR / "plain.pt")}
     torch.manual_seed(seed)
     model = task.build_model("resnet10t", K, C, small_stem=True)
-    agent = spec.build(S, C, seed=seed)
+    agent = spec.build(S, C, seed=seed, options=options)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
     options = agent.optimizer_options()
     agent_opt = make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum,

@@ -104,7 +104,12 @@ def test_data_info_json(capsys):
     assert info["splits"]["train"]["count"] == 16 * 12
 
 
-@pytest.mark.parametrize("command", [["train"], ["pretrain", "--method", "pgnm"]], ids=["train", "pretrain-pgnm"])
+@pytest.mark.parametrize("command", [
+    ["train"], ["pretrain", "--method", "pgnm"],
+    # APGA: two networks, two optimisers, the reward baseline; the bernoulli form also its mask generator
+    ["pretrain", "--method", "apga", "--agent-channels", "4", "8"],
+    ["pretrain", "--method", "apga-bernoulli", "--agent-channels", "4", "8", "--policy-grid", "4"],
+], ids=["train", "pretrain-pgnm", "pretrain-apga", "pretrain-apga-bernoulli"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     def cmd(out, *extra):
         return [sys.executable, "-m", "rlmask", *command, *TINY, "--data", "synthetic:n=24,size=16", "--epochs", "2",
@@ -145,6 +150,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     if command[0] == "pretrain":
         assert (cut / "heated.pt").read_bytes() != b"" and torch.equal(
             torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"])
+    if (whole / "policy.pt").is_file():  # the agent's every tensor (networks, baselines) as uninterrupted
+        agent_a, agent_b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
+        tensors = [k for k, v in agent_a.items() if isinstance(v, torch.Tensor)]
+        assert tensors and all(torch.equal(agent_a[k], agent_b[k]) for k in tensors)
+    if command[2:3] and command[2].startswith("apga"):
+        assert "test_tta" in a and "val_tta" in a  # the test-time-augmentation view is scored at the end
 
 
 def test_pack_an_image_folder_and_train_from_the_pack(tmp_path, capsys):

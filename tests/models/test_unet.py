@@ -64,3 +64,13 @@ def test_state_dict_round_trip(tmp_path):
     torch.save(a.state_dict(), tmp_path / "u.pt")
     b.load_state_dict(torch.load(tmp_path / "u.pt", weights_only=True))
     assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("size", [16, 28, 33])
+def test_vgg11_unet_output_has_input_size_and_vgg11_widths(size):
+    from rlmask.models import VGG11UNet
+
+    net = VGG11UNet(in_chans=1, out_chans=1)
+    assert net(rand(2, 1, size, size)).shape == (2, 1, size, size)
+    convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]  # VGG-11's eight convs
