@@ -98,6 +98,7 @@ class ReconstructTask:
     name = "reconstruct"
     best_metric = "rec_error"
     maximize = False
+    summary_metrics = ("rec_error", "rec_error_image", "probe_macro_f1")  # an instance lists the probe's if on
 
     def __init__(self, label_smoothing: float = 0.0, scaling: str = "rlmask", grid: int = 9, val_block: int = 3,
                  val_seed: int = 0, probe: bool = False, probe_images: int = 2000):
@@ -169,7 +170,7 @@ class ReconstructTask:
                                                     train.labels[index.sort().values].numpy())
         probs = head.predict_proba(((feats[1] - mean) / std).numpy())
         full = torch.zeros(len(split), len(classes), dtype=torch.float64)
-        full[:, torch.as_tensor(head.classes_)] = torch.as_tensor(probs)  # classes absent from the subset: 0
+        full[:, torch.as_tensor(head.classes_)] = torch.as_tensor(probs, dtype=torch.float64)  # classes absent from the subset: 0
         return classification_metrics(full.numpy(), split.labels.numpy(), classes)["macro_f1"]
 
     def export(self, model: nn.Module, out: Path) -> None:
