@@ -42,9 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from rlmask.train.methods import PretrainConfig, pretrain
-
     from rlmask.agents import get_agent
+    from rlmask.train.methods import PretrainConfig, pretrain
 
     cfg = _resolve_with_agent(PretrainConfig, args)
     _record_command(cfg.out)

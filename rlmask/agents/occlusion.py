@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmask.agents.base import AgentOptimizer, MaskAgent
+from rlmask.agents.base import AgentOptimizer
 from rlmask.agents.noise import _check_choices, _SeededAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
