@@ -71,11 +71,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from rlmask.agents import get_agent
     from rlmask.train.methods import PretrainConfig, pretrain
 
     cfg = _resolve_with_agent(PretrainConfig, args)
     _record_command(cfg.out, cfg)
-    _print_final(pretrain(cfg), cfg.out)
+    _print_final(pretrain(cfg), cfg.out, get_agent(cfg.method).task)
     return 0
 
 
@@ -160,12 +161,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_final(metrics: dict, out: str) -> None:
+def _print_final(metrics: dict, out: str, task: str = "classify") -> None:
+    """One line: the task's summary metrics of the test split (val without one)."""
+    from rlmask.train.tasks import TASKS
+
     test = metrics.get("test") or metrics["val"]
     split = "test" if metrics.get("test") else "val"
-    print(f"{split}: accuracy {test['accuracy']:.4f}  balanced {test['balanced_accuracy']:.4f}  "
-          f"macro-F1 {test['macro_f1']:.4f}  AUROC {test['auroc'] if test['auroc'] is None else round(test['auroc'], 4)}"
-          f"  -> {out}")
+    scores = "  ".join(f"{k} {'n/a' if test[k] is None else f'{test[k]:.4f}'}"
+                       for k in TASKS[task].summary_metrics if k in test)
+    print(f"{split}: {scores}  -> {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ line override it, and the resolved options are saved as plain data in the run di
 from __future__ import annotations
 
 import argparse
-import math
 import dataclasses
+import math
 import tomllib
 import types
 import typing

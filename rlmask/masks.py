@@ -107,3 +107,20 @@ def render_mask(
 def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x (B, C, H, W) times mask (B or 1, 1, H, W), broadcast over channels."""
     return x * mask
+
+
+def cell_index(size: int, grid: int, device=None) -> torch.Tensor:
+    """(size,) the grid cell of each pixel along one axis: floor(p * grid / size), nearest upsampling's map."""
+    return torch.arange(size, device=device) * grid // size
+
+
+def block_mask(top_left: torch.Tensor, block: int, grid: int, size) -> torch.Tensor:
+    """Hidden-region masks (B, 1, H, W), 1 on the ``block`` x ``block`` cells whose top-left cell is
+    ``top_left`` (B, 2) (row, column) of a ``grid`` x ``grid`` partition of the image, 0 elsewhere."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    rows = cell_index(h, grid, top_left.device)  # (H,)
+    cols = cell_index(w, grid, top_left.device)  # (W,)
+    r, c = top_left[:, 0, None], top_left[:, 1, None]  # (B, 1)
+    in_rows = (rows[None] >= r) & (rows[None] < r + block)  # (B, H)
+    in_cols = (cols[None] >= c) & (cols[None] < c + block)  # (B, W)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1).float()

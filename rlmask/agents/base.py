@@ -96,6 +96,16 @@ class MaskAgent(nn.Module):
         loss = loss_fn(x, y).mean()
         return loss, {"losses/ce": loss.detach()}
 
+    @staticmethod
+    def task_options(options) -> dict:
+        """Keyword options of this agent's task taken from the agent's options dataclass (``build_task``);
+        none by default. They let one method's flags configure its task without a field in TrainConfig."""
+        return {}
+
+    def write_figures(self, model: nn.Module, x: torch.Tensor, out, mean: float, std: float) -> None:
+        """At the end of a pretraining run: figures of the agent at work on validation images x (B, C, H, W)
+        (normalised with ``mean``, ``std``) with the trained ``model``, written into folder ``out``."""
+
     def optimizer_options(self) -> AgentOptimizer | None:
         """Options of this agent's optimiser, or None when it has no trainable parameters."""
         return None

@@ -104,6 +104,11 @@ class CompareConfig(TrainConfig):
             options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
         for method, values in options.items():
             get_agent(method, "--config").make_options(values)  # unknown or out-of-range options fail now
+        # <<< a method pretraining without labels (reconstruct task) is scored after fine-tuning only
+        unlabelled = [m for m in self.methods if get_agent(m).task != "classify"]
+        if unlabelled and self.finetune_epochs == 0:
+            raise UserError(f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
+                            "fine-tuning epochs to be scored")  # >>>
         self.method_options = options
 
 
@@ -203,8 +208,10 @@ def run_comparison(cfg: CompareConfig) -> dict:
             pre_cfg = PretrainConfig(**_train_fields(cfg), seed=seed, out=str(pre_dir), epochs=cfg.epochs,
                                      method=method, agent=_agent_options(method, cfg, values))
             pre_metrics = _run_once(pretrain, pre_cfg)
-            row = {"seed": seed, **{f"heated_{k}": v for k, v in _scores(pre_metrics).items()}}
-            row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
+            row = {"seed": seed}
+            if get_agent(method).task == "classify":  # a reconstruct task's heated model has no class scores
+                row |= {f"heated_{k}": v for k, v in _scores(pre_metrics).items()}
+                row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
             curve = read_jsonl(pre_dir / "log.jsonl")
             if cfg.finetune_epochs:
                 fine_metrics = _run_once(finetune, FinetuneConfig(
@@ -235,6 +242,10 @@ def run_comparison(cfg: CompareConfig) -> dict:
     gallery = _mask_gallery(cfg, out)
     if gallery:
         figures["masks"] = gallery.name
+    for method in cfg.methods:  # <<< agents' own end-of-run figures (Intelligent Masking's gallery), seed 0
+        own = out / method / "seed0" / "pretrain" / "gallery.png"
+        if own.is_file():
+            figures[f"{method} gallery"] = str(own.relative_to(out))  # >>>
     atomic_write_bytes(out / "comparison.md", render_markdown(result, figures).encode())
     return result
 

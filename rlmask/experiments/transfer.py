@@ -9,6 +9,10 @@ backbone gets a new head for the downstream classes and is either
   once per checkpoint, and a linear head is trained on them (Adam), or
 - ``finetune``: trained whole, with augmentation, by the same ``train_step`` as every other run.
 
+With ``--head reference`` (linear mode only) the frozen backbone gets Intelligent Masking's downstream head
+instead of the linear one: conv3x3 to 32 channels on the feature map, global average pool, FC 32-16-classes
+with dropout 0.3, trained with a class-weighted loss on the cached feature maps.
+
 Scores on the downstream test split are summarised per shot count by their mean and Student-t 95%
 interval over the repeats (``mean_ci``, clipped to [0, 1]; none with a single repeat).
 """
@@ -50,6 +54,9 @@ DEFAULT_EPOCHS = {"linear": 30, "finetune": 10}
 DEFAULT_LR = {"linear": 1e-2, "finetune": 1e-3}  # Adam on cached features; SGD as the reference fine-tune
 FINETUNE_MOMENTUM = 0.9
 EVAL_BATCH_SIZE = 256
+HEADS = ("linear", "reference")  # <<< Intelligent Masking's downstream head (issue 12)
+REFERENCE_HEAD_EPOCHS, REFERENCE_HEAD_LR = 100, 1e-3  # the reference: Adam 1e-3 (200 epochs on 780 images)
+REFERENCE_HEAD_DROPOUT = 0.3  # >>>
 
 
 @dataclass
@@ -65,6 +72,9 @@ class TransferConfig:
     repeats: int = option(3, "repeats per shot count (different subsets, head init and order)")
     mode: str = option("linear", "linear: frozen backbone + linear head; finetune: the whole network",
                        choices=list(MODES))
+    head: str = option("linear", "head on the frozen backbone (mode linear): 'linear', or 'reference' (Intelligent "
+                       "Masking's conv3x3-32, pool, FC 32-16-classes, dropout 0.3, class-weighted loss)",
+                       choices=list(HEADS))
     epochs: int | None = option(None, "training epochs (default: 30 for linear, 10 for finetune)")
     batch_size: int = option(32, "training batch size")
     lr: float | None = option(None, "learning rate (default: 1e-2 Adam for linear, 1e-3 SGD for finetune)")
@@ -86,6 +96,10 @@ class TransferConfig:
             raise UserError("transfer: give at least one checkpoint")
         if self.mode not in MODES:
             raise UserError(f"--mode {self.mode}: choose linear or finetune")
+        if self.head not in HEADS:
+            raise UserError(f"--head {self.head}: choose from {', '.join(HEADS)}")
+        if self.head == "reference" and self.mode != "linear":
+            raise UserError("--head reference: the reference head sits on a frozen backbone; use --mode linear")
         if self.repeats < 1:
             raise UserError(f"--repeats {self.repeats}: must be at least 1")
         for name in ("epochs", "batch_size", "lr", "image_size", "eval_per_class"):
@@ -177,6 +191,80 @@ def train_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: in
     return head
 
 
+# <<< Intelligent Masking's downstream head (issue 12)
+@torch.no_grad()
+def extract_feature_maps(model: nn.Module, split: Split, transform: Augment, *, device: torch.device,
+                         batch_size: int = EVAL_BATCH_SIZE, amp: bool = False) -> torch.Tensor:
+    """Unpooled feature maps (N, D, h, w) float32 on the CPU of every sample of ``split``, in split order."""
+    model.eval()
+    loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
+    out = []
+    for x_u8, _ in loader.epoch(0):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model.forward_features(transform(x_u8, None)).float().cpu())  # (B, D, h, w)
+    return torch.cat(out)
+
+
+class ReferenceHead(nn.Module):
+    """Intelligent Masking's classifier on a frozen encoder: conv3x3 (D -> 32), global average pool, then
+    dropout, FC 32 -> 16, ReLU, dropout, FC 16 -> classes (dropout 0.3 before each FC, as the reference)."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = REFERENCE_HEAD_DROPOUT):
+        super().__init__()
+        self.conv = nn.Conv2d(in_features, 32, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(32, 16), nn.Linear(16, num_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) feature maps -> logits (B, classes)."""
+        z = self.conv(maps).mean((2, 3))  # (B, 32)
+        return self.fc2(self.dropout(F.relu(self.fc1(self.dropout(z)))))
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) inverse-frequency weights n / (K n_k) of the training labels (0 for absent classes)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros(()))
+
+
+def train_reference_head(maps: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int,
+                         batch_size: int, lr: float, weight_decay: float, seed: int) -> nn.Module:
+    """A ``ReferenceHead`` trained with Adam and a class-weighted cross-entropy on cached maps (N, D, h, w);
+    its init, order and dropout come from ``seed``. Maps are standardised per channel with the subset's own
+    statistics (folded into the returned module's first step), as the linear probe's features."""
+    mean = maps.mean((0, 2, 3), keepdim=True)[0]  # (D, 1, 1)
+    std = maps.std((0, 2, 3), keepdim=True)[0].clamp_min(1e-6)
+    z = (maps - mean) / std
+    generator = torch.Generator().manual_seed(seed)
+    weights = class_weights(labels, num_classes)
+    with torch.random.fork_rng(devices=[]):  # the head's init and dropout from the seed, global RNG untouched
+        torch.manual_seed(seed)
+        head = ReferenceHead(maps.shape[1], num_classes)
+        opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+        head.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(z), generator=generator)
+            for i in range(0, len(z), batch_size):
+                idx = order[i:i + batch_size]
+                loss = F.cross_entropy(head(z[idx]), labels[idx], weight=weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    head.eval()
+    return nn.Sequential(_Standardise(mean, std), head)
+
+
+class _Standardise(nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return (maps - self.mean) / self.std
+# >>>
+
+
 def finetune_copy(base: nn.Module, train: Split, num_classes: int, transform: Augment, cfg: TransferConfig,
                   seed: int, device: torch.device) -> nn.Module:
     """A copy of ``base`` with a new seeded head, trained whole on ``train`` (SGD, warm-up, augmentation)."""
@@ -243,13 +331,21 @@ def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool:
     if cfg.mode == "linear":  # features once: only of the training images some subset uses
         base.to(device)
         needed = torch.cat([idx for idx, _ in subsets.values()]).unique()  # (U,) sorted
-        train_feats = extract_features(base, train.subset(needed), eval_tf, device=device, amp=cfg.amp)  # (U, D)
-        test_feats = extract_features(base, test, eval_tf, device=device, amp=cfg.amp)  # (T, D)
+        extract = extract_feature_maps if cfg.head == "reference" else extract_features  # <<< >>>
+        train_feats = extract(base, train.subset(needed), eval_tf, device=device, amp=cfg.amp)  # (U, D[, h, w])
+        test_feats = extract(base, test, eval_tf, device=device, amp=cfg.amp)  # (T, D[, h, w])
         base.cpu()
         info["feature_dim"] = train_feats.shape[1]
     by_shots: dict[str, list] = {}
     for (n, r), (idx, seed) in subsets.items():
-        if cfg.mode == "linear":
+        if cfg.mode == "linear" and cfg.head == "reference":  # <<< Intelligent Masking's head
+            head = train_reference_head(train_feats[torch.searchsorted(needed, idx)], train.labels[idx], k,
+                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, seed=seed)
+            with torch.no_grad():
+                probs = head(test_feats).softmax(1)  # (T, K)
+            scores = classification_metrics(probs.numpy(), test.labels.numpy(), pool.classes)  # >>>
+        elif cfg.mode == "linear":
             head = train_linear_head(train_feats[torch.searchsorted(needed, idx)], train.labels[idx], k,
                                      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, generator=torch.Generator().manual_seed(seed))
@@ -273,6 +369,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
     "split", "results": {label: {shots: {"repeats": [...], metric: {"mean", "ci", "std", "n"}}}}}``.
     """
     cfg.validate()
+    if cfg.head == "reference":  # <<< Intelligent Masking's head: its own defaults >>>
+        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or REFERENCE_HEAD_EPOCHS, lr=cfg.lr or REFERENCE_HEAD_LR)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or DEFAULT_EPOCHS[cfg.mode], lr=cfg.lr or DEFAULT_LR[cfg.mode])
     shots = parse_shots(cfg.shots)
     device = pick_device(cfg.device)
@@ -318,7 +416,8 @@ def _fmt(stat: dict) -> str:
 def render_markdown(result: dict) -> str:
     """transfer.md: one table per checkpoint (rows: shots; columns: metrics as mean [95% interval])."""
     cfg = result["config"]
-    lines = [f"# Transfer to {', '.join(cfg['data'])} ({cfg['mode']}, {cfg['epochs']} epochs)", "",
+    head = " + reference head" if cfg.get("head") == "reference" else ""  # <<< >>>
+    lines = [f"# Transfer to {', '.join(cfg['data'])} ({cfg['mode']}{head}, {cfg['epochs']} epochs)", "",
              f"{result['split'].capitalize()} split; mean [95% t-interval] over {cfg['repeats']} repeat(s). "
              "Subsets are identical for every checkpoint; `images` is the actual training count "
              "(classes with fewer images give all they have).", ""]

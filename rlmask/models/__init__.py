@@ -1,4 +1,5 @@
-"""Model registry: built-in timm-compatible ResNets, an optional ``timm:<name>`` passthrough, the agents' U-Nets.
+"""Model registry: built-in timm-compatible ResNets, Intelligent Masking's ``context_encoder``, an optional
+``timm:<name>`` passthrough, the agents' U-Nets (small and VGG-11) and the reconstruct task's ``Reconstructor``.
 
 ``create_model("resnet18", num_classes=10)`` builds a registered model; ``register_model`` adds a
 builder ``fn(num_classes, in_chans=3, small_stem=False) -> nn.Module`` under its function name.
@@ -14,9 +15,11 @@ from torch import nn
 
 from rlmask.errors import UserError
 from rlmask.models.resnet import ResNet, resnet10t, resnet18, resnet26, resnet34, resnet50
-from rlmask.models.unet import UNet, VGG11UNet
+from rlmask.models.unet import ContextEncoder, Reconstructor, UNet, VGG11UNet, context_encoder
 
 __all__ = [
+    "ContextEncoder",
+    "Reconstructor",
     "ResNet",
     "UNet",
     "VGG11UNet",
@@ -37,7 +40,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-for _fn in (resnet10t, resnet18, resnet26, resnet34, resnet50):
+for _fn in (resnet10t, resnet18, resnet26, resnet34, resnet50, context_encoder):
     register_model(_fn)
 
 

@@ -1,5 +1,5 @@
-"""The agents' U-Nets: a small configurable U-Net (the occlusion (DQN) and segmentation (APGA) agents) and a
-U-Net on a VGG-11 encoder (the APGA reference's segmentation network), both in plain PyTorch."""
+"""The agents' U-Nets (a small configurable one, and one on a VGG-11 encoder, APGA's reference network),
+Intelligent Masking's encoder as a backbone, and the reconstruct task's reconstructor; all plain PyTorch."""
 
 from __future__ import annotations
 
@@ -125,3 +125,127 @@ class VGG11UNet(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intelligent Masking's encoder as a backbone, and the reconstructor built on any backbone
+# ---------------------------------------------------------------------------------------------
+CONTEXT_CHANNELS = (16, 32, 64, 64, 128, 128)
+
+
+class ContextEncoder(nn.Module):
+    """The small encoder of the Intelligent Masking reference as a classifier backbone.
+
+    Six double-conv blocks of ``channels`` widths with a 2x2 max-pool between them (a level already at
+    1 pixel is not pooled further), then a depthwise ``context_kernel`` x ``context_kernel`` convolution of
+    the bottleneck, which the reference puts after its encoder to mix each channel over its neighbourhood.
+    The interface is the ResNets': ``forward_features`` -> (B, num_features, h, w), ``forward_head``
+    (global average pool, then ``fc`` unless ``pre_logits``), ``get_classifier``, ``reset_classifier``;
+    ``forward_stages`` gives every block's output, the skips of a U-Net decoder.
+    """
+
+    def __init__(self, num_classes: int = 0, in_chans: int = 1, channels: tuple[int, ...] = CONTEXT_CHANNELS,
+                 context_kernel: int = 5):
+        super().__init__()
+        widths = (in_chans, *channels)
+        self.blocks = nn.ModuleList(_double_conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.context = nn.Conv2d(channels[-1], channels[-1], context_kernel, padding=context_kernel // 2,
+                                 groups=channels[-1])
+        self.stage_channels = tuple(channels)
+        self.num_features = channels[-1]
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_chans, H, W) -> every block's output, full resolution first; the last after ``context``."""
+        feats = []
+        for i, block in enumerate(self.blocks):
+            if i > 0 and min(x.shape[-2:]) >= 2:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            feats.append(x)
+        feats[-1] = self.context(feats[-1])
+        return feats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H/32, W/32) (floored; at least 1x1)."""
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, h, w) -> global average pool (B, C), then ``fc`` -> (B, num_classes) unless pre_logits."""
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a fresh layer with ``num_classes`` outputs (0: Identity), on the model's device."""
+        self.num_classes = num_classes
+        ref = self.context.weight
+        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                   if num_classes > 0 else nn.Identity())
+
+
+def context_encoder(num_classes: int, in_chans: int = 3, small_stem: bool = False) -> ContextEncoder:
+    """Intelligent Masking's encoder (16-32-64-64-128-128, max-pool between blocks, depthwise 5x5);
+    ``small_stem`` does not apply (it has no stem)."""
+    return ContextEncoder(num_classes, in_chans)
+
+
+def encoder_stages(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The multi-scale features of a backbone, highest resolution first: ``forward_stages`` where the
+    backbone has it; for rlmask's ResNets the stem output (before its max-pool) and the four stages."""
+    if hasattr(encoder, "forward_stages"):
+        return encoder.forward_stages(x)
+    if all(hasattr(encoder, n) for n in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer4")):
+        x = encoder.act1(encoder.bn1(encoder.conv1(x)))
+        feats = [x]
+        x = encoder.maxpool(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(encoder, name)(x)
+            feats.append(x)
+        return feats
+    raise ValueError(f"{type(encoder).__name__}: no multi-scale features for a U-Net decoder")
+
+
+def stage_channels(encoder: nn.Module, in_chans: int) -> tuple[int, ...]:
+    """Channel counts of ``encoder_stages`` (measured once on a tiny input, in eval mode)."""
+    if hasattr(encoder, "stage_channels"):
+        return tuple(encoder.stage_channels)
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        feats = encoder_stages(encoder, torch.zeros(1, in_chans, 32, 32))
+    encoder.train(was_training)
+    return tuple(f.shape[1] for f in feats)
+
+
+class Reconstructor(nn.Module):
+    """A U-Net whose encoder is a registered backbone (``encoder``, a classifier without head), its decoder
+    mirrored on the backbone's stages: upsample to each skip's size, concatenate, double conv; a last
+    upsampling to the input's size where the backbone's first stage is strided (ResNets without small
+    stem), then a 1x1 conv to ``out_chans``. The output is raw and has the input's spatial size.
+    """
+
+    def __init__(self, encoder: nn.Module, in_chans: int, out_chans: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        chans = stage_channels(encoder, in_chans)
+        self.decoder = nn.ModuleList(_double_conv(chans[i + 1] + chans[i], chans[i]) for i in range(len(chans) - 1))
+        self.head = nn.Conv2d(chans[0], out_chans or in_chans, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, out_chans, H, W)."""
+        feats = encoder_stages(self.encoder, x)
+        y = feats[-1]
+        for i in reversed(range(len(self.decoder))):
+            skip = feats[i]
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.decoder[i](torch.cat([y, skip], dim=1))  # (B, chans[i], h_i, w_i)
+        if y.shape[-2:] != x.shape[-2:]:
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(y)

@@ -23,7 +23,7 @@ from rlmask.models import create_model
 
 # Reference normalisation (mean, std) on every channel, used when a checkpoint does not say.
 DEFAULT_NORM = (0.3162, 0.3213)
-FIRST_CONVS = ("conv1.weight", "conv1.0.weight")  # plain and deep (resnet10t) stems
+FIRST_CONVS = ("conv1.weight", "conv1.0.weight", "blocks.0.0.weight")  # plain, deep (resnet10t) stems; context_encoder
 HEAD_PREFIXES = ("fc.", "head.fc.", "classifier.")
 
 
@@ -122,9 +122,12 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     if obj.get("kind") == "rlmask":
         try:
             info, data = obj["model_info"], dict(obj["data"])
-            model = create_model(info["name"], info["num_classes"], in_chans=data["channels"],
-                                 small_stem=info["small_stem"])
-            model.load_state_dict(obj["model"])
+            state, num_classes = obj["model"], info["num_classes"]
+            if info.get("task") == "reconstruct":  # a U-Net: its encoder is the backbone, without a head
+                state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+                num_classes = 0
+            model = create_model(info["name"], num_classes, in_chans=data["channels"], small_stem=info["small_stem"])
+            model.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             why = reason(err)
             raise UserError(f"{option} {path}: an incomplete or damaged rlmask checkpoint ({why})") from None
@@ -135,13 +138,16 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
     name = model_name or meta.get("model")
     if not name:
         raise UserError(f"{option} {path}: a plain state dict; name its architecture with --model")
-    stem = state.get("conv1.weight", state.get("conv1.0.weight"))
+    stem = next((state[k] for k in FIRST_CONVS if k in state), None)
     if stem is None:
-        raise UserError(f"{option} {path}: no conv1 weights: not a ResNet state dict")
+        raise UserError(f"{option} {path}: no first-convolution weights ({', '.join(FIRST_CONVS)}): "
+                        "not a state dict of a built-in backbone")
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
     small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
     model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
     load_init_weights(model, path, option, trust)
+    # A run that trained on another input scaling (the reconstruct task's reference [-1, 1]) records it.
     data = {"classes": None, "channels": stem.shape[1], "image_size": meta.get("image_size"),
-            "mean": DEFAULT_NORM[0], "std": DEFAULT_NORM[1], "small_stem": small_stem, "model": name, "config": meta or None}
+            "mean": meta.get("mean", DEFAULT_NORM[0]), "std": meta.get("std", DEFAULT_NORM[1]),
+            "small_stem": small_stem, "model": name, "config": meta or None}
     return model.eval(), data

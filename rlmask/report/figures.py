@@ -93,6 +93,26 @@ def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Pat
     return _save(fig, path)
 
 
+def plot_image_rows(rows: dict[str, np.ndarray], path: Path, cmaps: dict[str, str] | None = None,
+                    title: str | None = None) -> Path:
+    """One row per entry of ``rows`` (label -> (N, H, W[, 3]) in [0, 1]), the N images side by side; grey
+    images in ``gray`` unless ``cmaps`` names another colour map for that row."""
+    labels = list(rows)
+    n = len(rows[labels[0]])
+    fig, axes = plt.subplots(len(labels), n, figsize=(1.6 * n, 1.7 * len(labels)), squeeze=False)
+    for i, label in enumerate(labels):
+        for j in range(n):
+            img = rows[label][j]
+            axes[i, j].imshow(img, cmap=(cmaps or {}).get(label, "gray") if img.ndim == 2 else None, vmin=0, vmax=1)
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def plot_transfer(results: dict[str, dict[str, dict]], path: Path, metric: str = "macro_f1") -> Path:
     """Few-shot transfer: ``metric`` against training images per class (log2 axis), one line per checkpoint
     with its 95% interval as a band. ``results[label][shots]`` is an entry of transfer.json's results:

@@ -60,15 +60,18 @@ class TrainConfig:
     out: str = option("runs/train", "output directory", metavar="DIR")
     resume: str | None = option(None, "continue exactly from a checkpoint (DIR/last.pt)", metavar="CKPT")
     init: str | None = option(None, "initial classifier weights: an rlmask checkpoint, heated.pt or a timm state dict", metavar="CKPT")
-    optimizer: str = option("sgd", "optimiser of the classifier", choices=["sgd", "adamw"])
+    optimizer: str = option("sgd", "optimiser of the classifier", choices=["sgd", "adamw", "adam"])
     lr: float = option(0.1, "peak learning rate of the classifier")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(1e-4, "weight decay")
-    schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant"])
+    schedule: str = option("cosine", "learning-rate schedule after warm-up",
+                           choices=["cosine", "step", "constant", "multistep"])
     warmup_epochs: float = option(0.0, "linear warm-up length in epochs")
     warmup_start: float = option(0.01, "learning-rate factor at the start of warm-up")
     step_size: float = option(30.0, "epochs between decays of the step schedule")
-    gamma: float = option(0.1, "decay factor of the step schedule")
+    gamma: float = option(0.1, "decay factor of the step and multistep schedules")
+    milestones: list[float] = option([100.0, 200.0], "epochs at which the multistep schedule multiplies the lr by "
+                                     "gamma (Intelligent Masking's reference: 100 200 with gamma 0.33)", metavar="EPOCH")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
     amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively: CUDA GPUs, "
@@ -217,8 +220,8 @@ def _pool(cfg: TrainConfig, show: bool) -> Pool:
 
 
 def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_name: str = "classify",
-              extra_config: dict | None = None) -> Run:
-    """Pool, task, model and agent on the device, optimisers, schedules and the step context."""
+              extra_config: dict | None = None, task_options: dict | None = None) -> Run:
+    """Pool, task (with ``task_options``), model and agent on the device, optimisers, schedules and the step context."""
     device = runtime.setup(cfg.device)
     world = runtime.world_size()
     amp = runtime.resolve_amp(cfg.amp, device)
@@ -227,7 +230,9 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     pool = _pool(cfg, show)
     small_stem = cfg.small_stem if cfg.small_stem is not None else default_small_stem(cfg.model, pool.image_size)
 
-    task = build_task(task_name, label_smoothing=cfg.label_smoothing)
+    task = build_task(task_name, label_smoothing=cfg.label_smoothing, **(task_options or {}))
+    # A task may normalise its inputs otherwise (reconstruct's reference scaling); recorded for readers of heated.pt.
+    mean, std = getattr(task, "normalisation", (DEFAULT_MEAN, DEFAULT_STD))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = task.build_model(cfg.model, len(pool.classes), pool.channels, small_stem)
     agent = make_agent(pool)
@@ -249,7 +254,7 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     total_steps = steps_per_epoch * cfg.epochs
     sched_kwargs = dict(total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                         warmup_start=cfg.warmup_start, step_size=max(1, round(cfg.step_size * steps_per_epoch)),
-                        gamma=cfg.gamma)
+                        gamma=cfg.gamma, milestones=tuple(round(m * steps_per_epoch) for m in cfg.milestones))
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, schedule=cfg.schedule, **sched_kwargs)
     agent_opt = agent_sched = None
@@ -272,13 +277,14 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
 
     config = to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size, "channels": pool.channels,
                               "world_size": world, "steps_per_epoch": steps_per_epoch, "amp": amp,
-                              "agent_resolved": agent.resolved_config(), "provenance": runtime.provenance(device)} \
-        | (extra_config or {})
+                              "agent_resolved": agent.resolved_config(), "mean": mean, "std": std,
+                              "provenance": runtime.provenance(device)} | (extra_config or {})
     data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
-                 "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
+                 "mean": mean, "std": std}
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes), "task": task.name}
     return Run(cfg, Path(cfg.out), device, amp, show, pool, task, model, agent, step, scheduler, agent_sched, loader,
-               Augment(pool.image_size, train=True), Augment(pool.image_size, train=False), memory_format, config,
+               Augment(pool.image_size, train=True, mean=mean, std=std),
+               Augment(pool.image_size, train=False, mean=mean, std=std), memory_format, config,
                data_info, model_info)
 
 
@@ -367,8 +373,9 @@ def train_epoch(run: Run, progress: Progress) -> float:
 
 
 def _eval_kwargs(run: Run, progress_name: str | None) -> dict:
+    train = {"train": run.pool.splits["train"]} if getattr(run.task, "wants_train_split", False) else {}
     return dict(batch_size=run.cfg.eval_batch_size, device=run.device, amp=run.amp,
-                progress=progress_name if run.show else None, num_workers=run.cfg.num_workers)
+                progress=progress_name if run.show else None, num_workers=run.cfg.num_workers, **train)
 
 
 def _view_fn(view, generator: torch.Generator):
@@ -456,6 +463,7 @@ def fit(
     task: str = "classify",
     extra_config: dict | None = None,
     on_finish: Callable[[Run], None] | None = None,
+    task_options: dict | None = None,
 ) -> dict:
     """Train ``cfg.model`` on ``cfg.data`` with the agent built by ``make_agent``; returns metrics.json's content.
 
@@ -463,7 +471,7 @@ def fit(
     task's validation metric) and metrics.json ({"val": ..., "test": ..., "best": ...} of the final model).
     """
     cfg.validate()
-    run = build_run(cfg, make_agent, task, extra_config)
+    run = build_run(cfg, make_agent, task, extra_config, task_options)
     progress = restore(run, cfg.resume) if cfg.resume else Progress(best=initial_best(run.task))
     log_lines = []
     if runtime.is_main_process():

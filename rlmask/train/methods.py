@@ -53,12 +53,20 @@ class FinetuneConfig(TrainConfig):
     out: str = option("runs/finetune", "output directory", metavar="DIR")
 
 
+FIGURE_IMAGES = 8  # validation images in the agent's end-of-run figures
+
+
 def export_heated(run: Run) -> None:
-    """heated.pt: what the task exports (the classifier for classify); policy.pt: the agent's state;
+    """heated.pt: what the task exports (the classifier for classify, the encoder for reconstruct);
+    policy.pt: the agent's state; the agent's own figures of a few validation images (``write_figures``);
     policy_summary.json for agents with a per-image policy (PGNM)."""
     run.task.export(run.model, run.out)
     if run.agent.state_dict():
         save_checkpoint(run.out / "policy.pt", {"agent": run.agent.state_dict(), "config": run.agent.resolved_config()})
+    val = run.pool.splits["val"]
+    index = torch.linspace(0, len(val) - 1, min(FIGURE_IMAGES, len(val))).long()
+    x = run.eval_aug(val.load(index).to(run.device), None)  # (n, C, S, S) normalised
+    run.agent.write_figures(run.model, x, run.out, run.eval_aug.mean, run.eval_aug.std)
     if hasattr(run.agent, "cell_means"):
         write_policy_summary(run)
 
@@ -108,7 +116,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return spec.build(pool.image_size, pool.channels, seed=cfg.seed, options=cfg.agent)
 
     extra = {"method": cfg.method, "task": spec.task}
-    return fit(cfg, make_agent, task=spec.task, extra_config=extra, on_finish=export_heated)
+    # The agent's options that configure its task (reconstruct's scaling and validation blocks): no TrainConfig field.
+    task_options = spec.cls.task_options(options) if options is not None else {}
+    return fit(cfg, make_agent, task=spec.task, extra_config=extra, on_finish=export_heated, task_options=task_options)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from rlmask.errors import UserError
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "multistep")
 
 
 def lr_factor(
@@ -27,13 +27,16 @@ def lr_factor(
     step_size: int = 0,
     gamma: float = 0.1,
     min_factor: float = 0.0,
+    milestones: tuple[int, ...] = (),
 ) -> float:
     """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
 
     Warm-up rises linearly from ``warmup_start`` at step 0 to 1 at ``warmup_steps``. Then
     "cosine" falls along a half cosine to ``min_factor`` at ``total_steps`` (and stays there);
     "step" multiplies by ``gamma`` every ``step_size`` steps counted from step 0, like torch's StepLR,
-    with the warm-up multiplied on top; "constant" stays at 1.
+    with the warm-up multiplied on top; "multistep" multiplies by ``gamma`` at each step of ``milestones``,
+    like torch's MultiStepLR (Intelligent Masking's reference: epochs 100 and 200, gamma 0.33);
+    "constant" stays at 1.
     """
     if schedule not in SCHEDULES:
         raise UserError(f"schedule: unknown {schedule!r} (choose one of {', '.join(SCHEDULES)})")
@@ -49,6 +52,8 @@ def lr_factor(
     warmup = warmup_start + (1.0 - warmup_start) * step / warmup_steps if step < warmup_steps else 1.0
     if schedule == "step":
         return warmup * gamma ** (step // step_size)
+    if schedule == "multistep":
+        return warmup * gamma ** sum(step >= m for m in milestones)
     if schedule == "constant" or step < warmup_steps:
         return warmup
     decay_steps = total_steps - warmup_steps

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from disk_layouts import make_brain_mri, make_busi, make_lung_histology, write_dicom, write_image
+
 from rlmask.cli import build_parser, main
 
 TINY = ["--model", "resnet10t", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--no-progress"]

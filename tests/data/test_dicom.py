@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from disk_layouts import write_dicom
+
 from rlmask.data import build_pool
 from rlmask.data.dicom import dicom_shape, read_dicom
 from rlmask.data.options import DataOptions

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from disk_layouts import make_brain_mri, make_busi, make_lung_histology, write_image
+
 from rlmask.data import build_pool
 from rlmask.data.filters import looks_like_mask
 from rlmask.data.options import DataOptions

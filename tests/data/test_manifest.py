@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from disk_layouts import make_busi, write_image
+
 from rlmask.data import build_pool
 from rlmask.data.options import DataOptions
 from rlmask.errors import UserError

@@ -74,3 +74,16 @@ def test_vgg11_unet_output_has_input_size_and_vgg11_widths(size):
     assert net(rand(2, 1, size, size)).shape == (2, 1, size, size)
     convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]  # VGG-11's eight convs
+
+
+def test_context_encoder_is_a_backbone_with_the_classifier_interface():
+    from rlmask.models import create_model
+
+    model = create_model("context_encoder", num_classes=3, in_chans=1)
+    x = torch.randn(2, 1, 28, 28)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 128, 1, 1) and model.num_features == 128  # 28 -> 14 -> 7 -> 3 -> 1 -> 1
+    assert model(x).shape == (2, 3) and model.forward_head(feats, pre_logits=True).shape == (2, 128)
+    assert [f.shape[1] for f in model.forward_stages(x)] == [16, 32, 64, 64, 128, 128]
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5 and model(x).shape == (2, 5)
