@@ -95,22 +95,53 @@ def main() -> int:
         _, walk_s = timed(lambda: open_folder(big, str(big), cache_dir=None))
         _, first_s = timed(lambda: open_folder(big, str(big), cache_dir=cache))
         _, cached_s = timed(lambda: open_folder(big, str(big), cache_dir=cache))
-        emit({"what": "folder index", "files": args.files, "walk_s": round(walk_s, 2),
-              "walk_and_cache_s": round(first_s, 2), "cached_s": round(cached_s, 2),
-              "files_per_s_walk": round(args.files / walk_s)})
+        emit(
+            {
+                "what": "folder index",
+                "files": args.files,
+                "walk_s": round(walk_s, 2),
+                "walk_and_cache_s": round(first_s, 2),
+                "cached_s": round(cached_s, 2),
+                "files_per_s_walk": round(args.files / walk_s),
+            }
+        )
 
         packed = work / "mednist-packed"
         _, pack_s = timed(lambda: pack_folder(str(folder), packed, image_size=64, num_workers=os.cpu_count() or 1))
         emit({"what": "pack", "images": count, "pack_s": round(pack_s, 2), "img_per_s": round(count / pack_s)})
-        readers = [("npz", args.npz, 0), ("folder", str(folder), 0), ("folder", str(folder), os.cpu_count() or 1),
-                   ("packed", str(packed), 0)]
+        readers = [
+            ("npz", args.npz, 0),
+            ("folder", str(folder), 0),
+            ("folder", str(folder), os.cpu_count() or 1),
+            ("packed", str(packed), 0),
+        ]
         for kind, data, workers in readers:
-            cfg = BenchConfig(model="resnet18", image_size=64, batch_size=64, channels=1, data=[data],
-                              pipeline_batches=args.batches, num_workers=workers, rounds=2, steps=3, warmup=1)
+            cfg = BenchConfig(
+                model="resnet18",
+                image_size=64,
+                batch_size=64,
+                channels=1,
+                data=[data],
+                pipeline_batches=args.batches,
+                num_workers=workers,
+                rounds=2,
+                steps=3,
+                warmup=1,
+            )
             r = run_bench(cfg)
-            emit({"what": "pipeline", "data": kind, "num_workers": workers, "pipeline_img_s": r["pipeline_img_s"],
-                  "train_img_s": r["plain_img_s"], "pipeline_over_train": round(r["pipeline_img_s"] / r["plain_img_s"], 1),
-                  "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size})
+            emit(
+                {
+                    "what": "pipeline",
+                    "data": kind,
+                    "num_workers": workers,
+                    "pipeline_img_s": r["pipeline_img_s"],
+                    "train_img_s": r["plain_img_s"],
+                    "pipeline_over_train": round(r["pipeline_img_s"] / r["plain_img_s"], 1),
+                    "model": cfg.model,
+                    "image_size": cfg.image_size,
+                    "batch_size": cfg.batch_size,
+                }
+            )
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -33,8 +33,9 @@ class BenchConfig:
     image_size: int = option(64, "image side in pixels", metavar="PX")
     batch_size: int = option(64, "batch size")
     channels: int = option(3, "input channels")
-    method: str = option("plain", "method timed against plain training (a registered agent; its options follow it)",
-                         choices=list(AGENTS))
+    method: str = option(
+        "plain", "method timed against plain training (a registered agent; its options follow it)", choices=list(AGENTS)
+    )
     rounds: int = option(10, "alternating timing rounds (ratios are medians of the per-round ratios)")
     steps: int = option(3, "steps per round and arm")
     warmup: int = option(3, "untimed steps before timing")
@@ -42,12 +43,20 @@ class BenchConfig:
     pipeline_batches: int = option(30, "batches timed for the data pipeline (0: skip)")
     num_workers: int = option(0, "data-loading worker processes for image folders (pipeline timing)")
     device: str = option("auto", "auto, cpu or cuda")
-    amp: bool | None = option(None, "bf16 autocast (default: where the device computes in bf16 natively, as in training)")
+    amp: bool | None = option(
+        None, "bf16 autocast (default: where the device computes in bf16 natively, as in training)"
+    )
     channels_last: bool = option(True, "channels-last memory format")
-    compile: bool | None = option(None, "torch.compile the classifier and the policy (default: on CUDA only, as in training)")
+    compile: bool | None = option(
+        None, "torch.compile the classifier and the policy (default: on CUDA only, as in training)"
+    )
     threads: int | None = option(None, "CPU threads (default: torch's choice)")
-    vary: list[str] = option([], "settings to also time flipped, side by side with the chosen ones: "
-                             "amp, channels_last, compile, threads (half as many)", choices=list(VARIABLE_SETTINGS))
+    vary: list[str] = option(
+        [],
+        "settings to also time flipped, side by side with the chosen ones: "
+        "amp, channels_last, compile, threads (half as many)",
+        choices=list(VARIABLE_SETTINGS),
+    )
     seed: int = option(0, "seed")
     agent: dict = field(default_factory=dict, metadata={"cli": False, "help": "options of the method's agent"})
 
@@ -81,7 +90,9 @@ def _timed(fn, n: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torch.device, x: torch.Tensor, y: torch.Tensor):
+def _step_runner(
+    cfg: BenchConfig, method: str, settings: Settings, device: torch.device, x: torch.Tensor, y: torch.Tensor
+):
     """One training step of ``method`` on the fixed batch (x, y), as the loop runs it, under ``settings``."""
     from rlmask.models import default_small_stem
     from rlmask.train.loop import compile_for_training, make_optimizer
@@ -100,8 +111,17 @@ def _step_runner(cfg: BenchConfig, method: str, settings: Settings, device: torc
     x = x.contiguous(memory_format=memory_format)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
     agent_options = agent.optimizer_options()
-    agent_opt = (make_optimizer(agent.parameters(), agent_options.optimizer, agent_options.lr, agent_options.momentum,
-                                agent_options.weight_decay) if agent_options else None)
+    agent_opt = (
+        make_optimizer(
+            agent.parameters(),
+            agent_options.optimizer,
+            agent_options.lr,
+            agent_options.momentum,
+            agent_options.weight_decay,
+        )
+        if agent_options
+        else None
+    )
     model.train()
     agent.train()
     step_model = compile_for_training(model, agent) if settings.compile else model
@@ -119,8 +139,15 @@ def _pipeline_rate(cfg: BenchConfig, device: torch.device) -> float:
     from rlmask.data import Augment, BatchLoader, build_pool
 
     pool = build_pool(cfg.data, cfg.image_size, cfg.channels)
-    loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                         device=device, num_workers=cfg.num_workers)
+    loader = BatchLoader(
+        pool.splits["train"],
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+        device=device,
+        num_workers=cfg.num_workers,
+    )
     aug = Augment(pool.image_size, train=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, epoch = 0, 0
@@ -143,16 +170,30 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    check_ranges(cfg, {"batch_size": (">=", 2), "image_size": (">=", 8), "channels": (">=", 1), "rounds": (">=", 1),
-                       "steps": (">=", 1), "warmup": (">=", 0), "pipeline_batches": (">=", 0), "num_workers": (">=", 0),
-                       "threads": (">=", 1), "seed": (">=", 0)})
+    check_ranges(
+        cfg,
+        {
+            "batch_size": (">=", 2),
+            "image_size": (">=", 8),
+            "channels": (">=", 1),
+            "rounds": (">=", 1),
+            "steps": (">=", 1),
+            "warmup": (">=", 0),
+            "pipeline_batches": (">=", 0),
+            "num_workers": (">=", 0),
+            "threads": (">=", 1),
+            "seed": (">=", 0),
+        },
+    )
     for name in cfg.vary:
         if name not in VARIABLE_SETTINGS:
             raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")
-    base = Settings(resolve_amp(cfg.amp, device), cfg.channels_last, resolve_compile(cfg.compile, device),
-                    torch.get_num_threads())
-    settings = {"chosen": base} | {f"{name}={getattr(base.flipped(name), name)}": base.flipped(name)
-                                   for name in dict.fromkeys(cfg.vary)}
+    base = Settings(
+        resolve_amp(cfg.amp, device), cfg.channels_last, resolve_compile(cfg.compile, device), torch.get_num_threads()
+    )
+    settings = {"chosen": base} | {
+        f"{name}={getattr(base.flipped(name), name)}": base.flipped(name) for name in dict.fromkeys(cfg.vary)
+    }
     methods = ["plain"] + ([cfg.method] if cfg.method != "plain" else [])
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=gen).to(device)
@@ -175,18 +216,28 @@ def run_bench(cfg: BenchConfig) -> dict:
         return round(statistics.median(a / b for a, b in zip(rounds[arm], rounds[reference])), 3)
 
     images = cfg.rounds * cfg.steps * cfg.batch_size
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({base.threads} threads)",
-              "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "method": cfg.method,
-              "agent": cfg.agent, **asdict(base),
-              "plain_img_s": round(images / seconds["chosen", "plain"], 2)}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({base.threads} threads)",
+        "model": cfg.model,
+        "image_size": cfg.image_size,
+        "batch_size": cfg.batch_size,
+        "method": cfg.method,
+        "agent": cfg.agent,
+        **asdict(base),
+        "plain_img_s": round(images / seconds["chosen", "plain"], 2),
+    }
     if cfg.method != "plain":
         result["method_img_s"] = round(images / seconds["chosen", cfg.method], 2)
         result["ratio"] = time_ratio(("chosen", cfg.method), ("chosen", "plain"))
     if len(settings) > 1:  # step time under the flipped setting / under the chosen ones, per method
-        result["flipped"] = {label: {m: {"img_s": round(images / seconds[label, m], 2),
-                                         "time_ratio": time_ratio((label, m), ("chosen", m))}
-                                     for m in methods}
-                             for label in settings if label != "chosen"}
+        result["flipped"] = {
+            label: {
+                m: {"img_s": round(images / seconds[label, m], 2), "time_ratio": time_ratio((label, m), ("chosen", m))}
+                for m in methods
+            }
+            for label in settings
+            if label != "chosen"
+        }
     if device.type == "cuda":
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     else:  # the process's peak resident memory (Linux reports KiB)

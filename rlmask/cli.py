@@ -104,8 +104,9 @@ def _reject_foreign_options(names, method: str, where: str) -> None:
     for name in sorted(names):
         owners = owner_of(name)
         if owners:
-            raise UserError(f"{where}: {name.replace('_', '-')} is an option of method {', '.join(owners)}, "
-                            f"not of {method}")
+            raise UserError(
+                f"{where}: {name.replace('_', '-')} is an option of method {', '.join(owners)}, not of {method}"
+            )
     if names:
         raise UserError(f"{where}: unknown option(s) {', '.join(sorted(names))}")
 
@@ -167,8 +168,9 @@ def _print_final(metrics: dict, out: str, task: str = "classify") -> None:
 
     test = metrics.get("test") or metrics["val"]
     split = "test" if metrics.get("test") else "val"
-    scores = "  ".join(f"{k} {'n/a' if test[k] is None else f'{test[k]:.4f}'}"
-                       for k in TASKS[task].summary_metrics if k in test)
+    scores = "  ".join(
+        f"{k} {'n/a' if test[k] is None else f'{test[k]:.4f}'}" for k in TASKS[task].summary_metrics if k in test
+    )
     print(f"{split}: {scores}  -> {out}")
 
 
@@ -176,9 +178,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import evaluate_checkpoint
     from rlmask.evaluate.metrics import FINAL_METRICS
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, model_name=args.model,
-                                  batch_size=args.batch_size, device=args.device, amp=args.amp, cache_dir=args.cache_dir,
-                                  trust=args.trust_checkpoint)
+    metrics = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        model_name=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        cache_dir=args.cache_dir,
+        trust=args.trust_checkpoint,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -191,8 +201,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from rlmask.evaluate.inference import predict_files
 
-    rows = predict_files(args.checkpoint, args.inputs, args.out, model_name=args.model, batch_size=args.batch_size,
-                         device=args.device, amp=args.amp, trust=args.trust_checkpoint, overwrite=args.overwrite)
+    rows = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        model_name=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        trust=args.trust_checkpoint,
+        overwrite=args.overwrite,
+    )
     print(f"{rows} predictions -> {args.out}")
     return 0
 
@@ -206,8 +225,16 @@ def _data_options(args: argparse.Namespace):
 def cmd_data_info(args: argparse.Namespace) -> int:
     from rlmask.data import build_pool
 
-    pool = build_pool(args.specs, args.image_size, args.channels, cache_dir=args.cache_dir, progress=args.progress,
-                      options=_data_options(args), seed=args.seed, warn=False)
+    pool = build_pool(
+        args.specs,
+        args.image_size,
+        args.channels,
+        cache_dir=args.cache_dir,
+        progress=args.progress,
+        options=_data_options(args),
+        seed=args.seed,
+        warn=False,
+    )
     info = pool.info(colours=True, progress=args.progress)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -215,8 +242,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"{info['num_classes']} classes, {info['channels']} channel(s), {info['image_size']} px")
     warnings = []
     for source in info["sources"]:
-        print(f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} "
-              f"({source['spec']})")
+        print(
+            f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} "
+            f"({source['spec']})"
+        )
         for line in _source_lines(source):
             print(f"    {line}")
         warnings += [f"--data {source['spec']}: {w}" for w in source.get("warnings", [])]
@@ -236,13 +265,17 @@ def _source_lines(source: dict) -> list[str]:
     if source.get("layout") == "pack":
         h, w, c = source["packed_from_native_shape"]
         s = source["packed_shape"]
-        lines.append(f"pack: stored {s[0]}x{s[1]} px, {s[2]} channel(s); packed from native {h}x{w} px, "
-                     f"{c} channel(s) ({source.get('packed_from') or 'unknown source'})")
+        lines.append(
+            f"pack: stored {s[0]}x{s[1]} px, {s[2]} channel(s); packed from native {h}x{w} px, "
+            f"{c} channel(s) ({source.get('packed_from') or 'unknown source'})"
+        )
     elif source.get("layout"):
         lines.append(f"layout: {source['layout']}")
     split = source.get("split")
     if split:
-        fractions = ", ".join(f"{k.removesuffix('_fraction')} {v:g}" for k, v in split.items() if k.endswith("_fraction"))
+        fractions = ", ".join(
+            f"{k.removesuffix('_fraction')} {v:g}" for k, v in split.items() if k.endswith("_fraction")
+        )
         counts = ", ".join(f"{k} {v}" for k, v in split["counts"].items())
         lines.append(f"split: seeded (seed {split['seed']}) from {split['from']}: {fractions} -> {counts}")
     for pattern, n in source.get("exclude", {}).items():
@@ -261,14 +294,24 @@ def _source_lines(source: dict) -> list[str]:
 def cmd_data_pack(args: argparse.Namespace) -> int:
     from rlmask.data.packed import pack_folder
 
-    meta = pack_folder(args.src, Path(args.out), args.image_size, args.channels, args.shard_size,
-                       num_workers=args.num_workers, progress=args.progress, options=_data_options(args),
-                       seed=args.seed)
+    meta = pack_folder(
+        args.src,
+        Path(args.out),
+        args.image_size,
+        args.channels,
+        args.shard_size,
+        num_workers=args.num_workers,
+        progress=args.progress,
+        options=_data_options(args),
+        seed=args.seed,
+    )
     for line in meta["read"].get("warnings", []):
         print(f"warning: --data {args.src}: {line}", file=sys.stderr)
     counts = ", ".join(f"{split} {v['count']}" for split, v in meta["splits"].items())
-    print(f"{len(meta['classes'])} classes, {meta['channels']} channel(s), {meta['image_size']} px "
-          f"({counts}) -> {args.out}")
+    print(
+        f"{len(meta['classes'])} classes, {meta['channels']} channel(s), {meta['image_size']} px "
+        f"({counts}) -> {args.out}"
+    )
     return 0
 
 
@@ -297,24 +340,38 @@ def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="architecture of a plain state dict (default: from config.json beside it)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (default: 256)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
-                             "--no-amp reproduces figures of float32 runs)")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load a checkpoint that holds Python objects beyond tensors and plain data: this RUNS "
-                             "CODE from the file (only for files you trust)")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: where the device computes bf16 natively, as in training; "
+        "--no-amp reproduces figures of float32 runs)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint that holds Python objects beyond tensors and plain data: this RUNS "
+        "CODE from the file (only for files you trust)",
+    )
 
 
 def _data_read_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of ``data info`` / ``data pack`` that read data as ``rlmask train`` does (split seed, DataOptions)."""
     from rlmask.data.options import DataOptions
 
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the split of data without val/test splits, as `rlmask train --seed` (default: 0)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="show progress bars (default: on; --no-progress hides them)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split of data without val/test splits, as `rlmask train --seed` (default: 0)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars (default: on; --no-progress hides them)",
+    )
     add_dataclass_arguments(parser, DataOptions)
-
 
 
 AGENT_COMMANDS = ("pretrain", "bench")  # commands whose flags include those of the --method's agent
@@ -350,8 +407,13 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         _add_config_flag(p)
         if options is TransferConfig:  # checkpoints are positional
-            p.add_argument("checkpoints", nargs="*", default=argparse.SUPPRESS, metavar="CKPT",
-                           help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)")
+            p.add_argument(
+                "checkpoints",
+                nargs="*",
+                default=argparse.SUPPRESS,
+                metavar="CKPT",
+                help="rlmask checkpoints, heated.pt or timm state dicts (several: identical subsets, one plot)",
+            )
         add_dataclass_arguments(p, options, skip=("checkpoints",))
         if name in AGENT_COMMANDS:  # the options of the agent named by --method (parsed first)
             spec = get_agent(method or options.method)
@@ -362,14 +424,21 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         return p
 
     options_command("train", "train a classifier plainly (no mask)", TrainConfig, cmd_train)
-    options_command("pretrain", "pretrain with a masking agent (PGNM by default); writes heated.pt", PretrainConfig,
-                    cmd_pretrain)
-    options_command("finetune", "fine-tune a heated model on clean images (reference schedule)", FinetuneConfig,
-                    cmd_finetune)
-    options_command("compare", "every method pretrained + fine-tuned vs plain training, several seeds", CompareConfig,
-                    cmd_compare)
-    options_command("transfer", "few-shot transfer of checkpoints to an unseen task, with 95%% intervals",
-                    TransferConfig, cmd_transfer)
+    options_command(
+        "pretrain", "pretrain with a masking agent (PGNM by default); writes heated.pt", PretrainConfig, cmd_pretrain
+    )
+    options_command(
+        "finetune", "fine-tune a heated model on clean images (reference schedule)", FinetuneConfig, cmd_finetune
+    )
+    options_command(
+        "compare", "every method pretrained + fine-tuned vs plain training, several seeds", CompareConfig, cmd_compare
+    )
+    options_command(
+        "transfer",
+        "few-shot transfer of checkpoints to an unseen task, with 95%% intervals",
+        TransferConfig,
+        cmd_transfer,
+    )
 
     p = sub.add_parser("report", help="one self-contained HTML page of run, compare and transfer folders")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run, compare or transfer folders")
@@ -395,18 +464,30 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="inspect and pack data sources")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     q = data_sub.add_parser("info", help="classes, counts per split, layout, exclusions and image shapes of a pool")
-    q.add_argument("specs", nargs="+", metavar="SPEC",
-                   help="--data specs as for train: file.npz, image folder, labels.csv / csv:FILE?path=COL&label=COL, "
-                        "pack folder, medmnist:NAME, synthetic")
+    q.add_argument(
+        "specs",
+        nargs="+",
+        metavar="SPEC",
+        help="--data specs as for train: file.npz, image folder, labels.csv / csv:FILE?path=COL&label=COL, "
+        "pack folder, medmnist:NAME, synthetic",
+    )
     _data_read_flags(q)
-    q.add_argument("--image-size", type=int, metavar="PX", help="image side of the pool (default: the largest native side)")
+    q.add_argument(
+        "--image-size", type=int, metavar="PX", help="image side of the pool (default: the largest native side)"
+    )
     q.add_argument("--channels", type=int, choices=[1, 3], help="1 or 3 (default: 3 if any source is RGB, else 1)")
-    q.add_argument("--cache-dir", metavar="DIR", help="download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
+    q.add_argument(
+        "--cache-dir", metavar="DIR", help="download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)"
+    )
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=cmd_data_info)
     q = data_sub.add_parser("pack", help="decode and resize an image folder or manifest once into memory-mapped shards")
-    q.add_argument("src", metavar="SRC", help="image folder (class folders, optionally inside train/ val/ test/) or "
-                                             "labels.csv / csv:FILE?path=COL&label=COL&split=COL")
+    q.add_argument(
+        "src",
+        metavar="SRC",
+        help="image folder (class folders, optionally inside train/ val/ test/) or "
+        "labels.csv / csv:FILE?path=COL&label=COL&split=COL",
+    )
     q.add_argument("--out", required=True, metavar="DIR", help="pack folder to create (must not exist)")
     q.add_argument("--image-size", type=int, required=True, metavar="PX", help="side of the stored square images")
     q.add_argument("--channels", type=int, choices=[1, 3], help="1 or 3 (default: those of the first training image)")

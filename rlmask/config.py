@@ -170,8 +170,14 @@ def split_known(values: dict[str, Any], cls: type | None) -> tuple[dict[str, Any
     return {k: v for k, v in values.items() if k in names}, {k: v for k, v in values.items() if k not in names}
 
 
-def resolve(cls: type, namespace: argparse.Namespace | None = None, config_path: str | None = None, *,
-            file_values: dict[str, Any] | None = None, **overrides):
+def resolve(
+    cls: type,
+    namespace: argparse.Namespace | None = None,
+    config_path: str | None = None,
+    *,
+    file_values: dict[str, Any] | None = None,
+    **overrides,
+):
     """Build ``cls`` from its defaults, then the config file (``config_path``, or its already read
     ``file_values``), then the flags given on the command line, then ``overrides``.
 

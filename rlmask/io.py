@@ -56,7 +56,9 @@ def remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
-def prepare_run_folder(out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out") -> Path:
+def prepare_run_folder(
+    out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out"
+) -> Path:
     """Check and create a run's output folder before any work, with one-line errors.
 
     A path that is a file, a folder that cannot be created or written, and a folder holding a finished
@@ -68,8 +70,10 @@ def prepare_run_folder(out: str | Path, *, overwrite: bool = False, resume: bool
         raise UserError(f"{option} {out}: exists and is not a folder")
     if (out / "metrics.json").exists() and not resume:
         if not overwrite:
-            raise UserError(f"{option} {out}: holds a finished run (metrics.json); choose another {option}, "
-                            "add --overwrite to replace it, or --resume to continue it")
+            raise UserError(
+                f"{option} {out}: holds a finished run (metrics.json); choose another {option}, "
+                "add --overwrite to replace it, or --resume to continue it"
+            )
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     try:
@@ -159,9 +163,11 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", trust: bool = Fa
         if not trust and "weights_only" in str(err).replace(" ", "_").lower():
             found = re.search(r"GLOBAL (\S+)|global (\S+)|(\w+(?:\.\w+)+) was not an allowed", str(err))
             name = next((g for g in found.groups() if g), None) if found else None
-            raise UserError(f"{what} {path}: refused: it holds Python objects{f' ({name})' if name else ''} beyond "
-                            f"tensors and plain data, and loading it would run their code; {TRUST_FLAG} loads it "
-                            "anyway (only for files you trust)") from None
+            raise UserError(
+                f"{what} {path}: refused: it holds Python objects{f' ({name})' if name else ''} beyond "
+                f"tensors and plain data, and loading it would run their code; {TRUST_FLAG} loads it "
+                "anyway (only for files you trust)"
+            ) from None
         why = reason(err)
         raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:

@@ -67,8 +67,9 @@ def gaussian_blur(img: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_operator(grid: int, size: int, kernel: int, sigma: float, upsample: str, device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
+def _axis_operator(
+    grid: int, size: int, kernel: int, sigma: float, upsample: str, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """(size, grid) matrix of one axis of rendering: upsample ``grid`` values to ``size``, then blur.
 
     Upsampling and the reflect-padded blur are linear and act on each axis separately, so a whole

@@ -34,7 +34,7 @@ def is_main_process() -> bool:
 
 
 def pick_device(request: str) -> torch.device:
-    """"auto" -> CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" checked, with a one-line error."""
+    """ "auto" -> CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" checked, with a one-line error."""
     if request == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -133,7 +133,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # (2C+1,) summed over ranks
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -200,14 +200,25 @@ def provenance(device: torch.device) -> dict[str, Any]:
     source = Path(__file__).resolve().parent.parent
     if (source / ".git").exists():
         try:
-            done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  timeout=10)
+            done = subprocess.run(
+                ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             commit = done.stdout.strip() or None
-            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             commit = f"{commit}+modified" if commit and dirty else commit
         except (OSError, subprocess.SubprocessError):
             commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"rlmask": __version__, "git_commit": commit, "torch": str(torch.__version__), "device": str(device),
-            "device_name": name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "rlmask": __version__,
+        "git_commit": commit,
+        "torch": str(torch.__version__),
+        "device": str(device),
+        "device_name": name,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }

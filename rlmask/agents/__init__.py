@@ -21,5 +21,14 @@ from rlmask.agents import noise, occlusion, segmentation  # noqa: F401
 from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent, StepContext
 from rlmask.agents.registry import AGENTS, AgentSpec, get_agent, register_agent, register_preset
 
-__all__ = ["AGENTS", "AgentOptimizer", "AgentSpec", "EvalView", "MaskAgent", "StepContext", "get_agent",
-           "register_agent", "register_preset"]
+__all__ = [
+    "AGENTS",
+    "AgentOptimizer",
+    "AgentSpec",
+    "EvalView",
+    "MaskAgent",
+    "StepContext",
+    "get_agent",
+    "register_agent",
+    "register_preset",
+]

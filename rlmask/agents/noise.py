@@ -76,38 +76,59 @@ OBJECTIVE_DEFAULTS = {
 class NoiseConfig(MaskGeometry):
     """Options of the PGNM agent. ``None`` in an option of ``OBJECTIVE_DEFAULTS``: the objective's default."""
 
-    base_mix: float | None = option(None, "weight of the running base in the log-parameters: "
-                                    "base_mix*base + (1-base_mix)*head (None: 0.9 reference, 0.5 reinforce)")
+    base_mix: float | None = option(
+        None,
+        "weight of the running base in the log-parameters: "
+        "base_mix*base + (1-base_mix)*head (None: 0.9 reference, 0.5 reinforce)",
+    )
     base_ema: float = option(0.99, "EMA decay of the base log-parameters toward the batch mean of the heads")
     policy_input_size: int | None = option(None, "side the policy sees its input at (None: full resolution)")
-    objective: str = option("reinforce", "policy objective: 'reinforce' (per-sample rewards, baseline) or "
-                          "'reference' (the published logsumexp * CE product)", choices=["reinforce", "reference"])
+    objective: str = option(
+        "reinforce",
+        "policy objective: 'reinforce' (per-sample rewards, baseline) or "
+        "'reference' (the published logsumexp * CE product)",
+        choices=["reinforce", "reference"],
+    )
     # METHODS.md gives the corrected objective the reward r_i = -CE_i: the policy is rewarded for masks
     # the classifier still gets right, i.e. it cooperates, as the reference does. 'adversarial' (r_i = +CE_i)
     # is offered, not the default: without a constraint (--area-target) its optimum is the all-zero mask.
-    policy_sign: str = option("cooperative", "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; "
-                            "reinforce only)", choices=["cooperative", "adversarial"])
+    policy_sign: str = option(
+        "cooperative",
+        "reward sign: 'cooperative' (r = -CE) or 'adversarial' (r = +CE; reinforce only)",
+        choices=["cooperative", "adversarial"],
+    )
     entropy_coef: float = option(0.0, "weight of the mean per-cell Beta entropy bonus (reinforce only)")
     baseline_momentum: float = option(0.9, "momentum of the running-mean reward baseline (reinforce only)")
     # A sum over G*G cells makes the policy's step grow with the grid (81 to 4,096 terms at our sizes) and
     # its gradient noise with it; the per-cell mean keeps one scale at every grid (reinforce only).
-    log_prob_reduction: str = option("mean", "how a mask's per-cell log-probabilities enter REINFORCE: 'mean' "
-                                     "(per-cell, grid-independent scale) or 'sum' (the joint log-probability)",
-                                     choices=["mean", "sum"])
+    log_prob_reduction: str = option(
+        "mean",
+        "how a mask's per-cell log-probabilities enter REINFORCE: 'mean' "
+        "(per-cell, grid-independent scale) or 'sum' (the joint log-probability)",
+        choices=["mean", "sum"],
+    )
     advantage_norm: bool = option(True, "divide the advantages by the batch std of the rewards (reinforce only)")
-    area_target: float | None = option(None, "target mean keep fraction of a mask: adds area_coef * "
-                                       "(mean cell mean - target)^2 per sample to the policy loss (reinforce only)")
+    area_target: float | None = option(
+        None,
+        "target mean keep fraction of a mask: adds area_coef * "
+        "(mean cell mean - target)^2 per sample to the policy loss (reinforce only)",
+    )
     area_coef: float = option(10.0, "weight of the area penalty (with --area-target)")
     min_concentration: float = option(1e-2, "lower clamp of the Beta concentrations exp(log-params)")
     max_concentration: float = option(1e2, "upper clamp of the Beta concentrations exp(log-params)")
-    policy_lr: float | None = option(None, "policy learning rate (None: 0.01 reference, the classifier's lr / 10 "
-                                     "there; 1e-3 reinforce)")
+    policy_lr: float | None = option(
+        None, "policy learning rate (None: 0.01 reference, the classifier's lr / 10 there; 1e-3 reinforce)"
+    )
     policy_momentum: float = option(0.9, "policy SGD momentum")
     policy_weight_decay: float = option(1e-4, "policy weight decay")
-    policy_optimizer: str | None = option(None, "policy optimiser (None: sgd reference, adam reinforce)",
-                                          choices=["sgd", "adamw", "adam"])
-    policy_schedule: str | None = option(None, "policy learning-rate schedule (None: cosine reference, "
-                                         "constant reinforce)", choices=["cosine", "step", "constant"])
+    policy_optimizer: str | None = option(
+        None, "policy optimiser (None: sgd reference, adam reinforce)", choices=["sgd", "adamw", "adam"]
+    )
+    policy_schedule: str | None = option(
+        None,
+        "policy learning-rate schedule (None: cosine reference, constant reinforce)",
+        choices=["cosine", "step", "constant"],
+    )
 
     def resolved(self) -> NoiseConfig:
         """A copy with every ``None`` of ``OBJECTIVE_DEFAULTS`` replaced by the objective's value."""
@@ -131,8 +152,11 @@ class NoiseConfig(MaskGeometry):
             ("policy_lr", c.policy_lr > 0, "must be > 0"),
             ("area_target", c.area_target is None or 0 <= c.area_target <= 1, "must be in [0, 1]"),
             ("area_coef", c.area_coef >= 0, "must be >= 0"),
-            ("policy_sign", reinforce_only or c.policy_sign == "cooperative",
-             "the reference objective is cooperative only"),
+            (
+                "policy_sign",
+                reinforce_only or c.policy_sign == "cooperative",
+                "the reference objective is cooperative only",
+            ),
             ("entropy_coef", reinforce_only or c.entropy_coef == 0, "applies to objective 'reinforce' only"),
             ("area_target", reinforce_only or c.area_target is None, "applies to objective 'reinforce' only"),
         ]
@@ -208,8 +232,12 @@ def sample_cells(dist: Beta, generator: torch.Generator) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def _head(width: int, cells: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
         nn.Linear(width, cells),
     )
 
@@ -252,8 +280,9 @@ class BetaNoisePolicy(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (log_alpha, log_beta), each (B, G*G); in training mode also moves the bases."""
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
         h = self.features(x)  # (B, 512)
         a, b = self.head_a(h), self.head_b(h)  # (B, G*G) each: the heads run once per step
         log_alpha = self.base_mix * self.base_a + (1 - self.base_mix) * a  # (B, G*G)
@@ -294,8 +323,9 @@ def beta_log_prob_and_entropy(
     log_beta_fn = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)  # log B(a, b)
     log_prob = (a - 1) * torch.log(x) + (b - 1) * torch.log1p(-x) - log_beta_fn
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = (log_beta_fn - (a - 1) * torch.digamma(a) - (b - 1) * torch.digamma(b)
-                   + (a + b - 2) * torch.digamma(a + b))
+        entropy = (
+            log_beta_fn - (a - 1) * torch.digamma(a) - (b - 1) * torch.digamma(b) + (a + b - 2) * torch.digamma(a + b)
+        )
     return log_prob, entropy
 
 
@@ -312,7 +342,10 @@ def reference_loss(log_prob: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_policy_loss(
-    log_prob: torch.Tensor, advantage: torch.Tensor, entropy: torch.Tensor, entropy_coef: float,
+    log_prob: torch.Tensor,
+    advantage: torch.Tensor,
+    entropy: torch.Tensor,
+    entropy_coef: float,
     reduction: str = "sum",
 ) -> torch.Tensor:
     """REINFORCE with a baseline: -mean_i(advantage_i * R_cells log_prob_i) - entropy_coef * mean entropy.
@@ -341,8 +374,13 @@ def beta_kl(a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor
     """KL(Beta(a, b) || Beta(a0, b0)), elementwise (broadcast)."""
     ln_b = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
     ln_b0 = torch.lgamma(a0) + torch.lgamma(b0) - torch.lgamma(a0 + b0)
-    return (ln_b0 - ln_b + (a - a0) * torch.digamma(a) + (b - b0) * torch.digamma(b)
-            + (a0 - a + b0 - b) * torch.digamma(a + b))
+    return (
+        ln_b0
+        - ln_b
+        + (a - a0) * torch.digamma(a)
+        + (b - b0) * torch.digamma(b)
+        + (a0 - a + b0 - b) * torch.digamma(a + b)
+    )
 
 
 def _std(v: torch.Tensor) -> torch.Tensor:
@@ -405,8 +443,15 @@ class NoiseMaskAgent(_SeededAgent):
         self.cfg = cfg = cfg.resolved()  # the objective's defaults filled in
         self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
         self.policy = BetaNoisePolicy(
-            self.geometry["grid"], in_chans, image_size, cfg.policy_input_size, cfg.base_mix, cfg.base_ema,
-            cfg.min_concentration, cfg.max_concentration, seed=seed,
+            self.geometry["grid"],
+            in_chans,
+            image_size,
+            cfg.policy_input_size,
+            cfg.base_mix,
+            cfg.base_ema,
+            cfg.min_concentration,
+            cfg.max_concentration,
+            seed=seed,
         )
         self.register_buffer("baseline", torch.zeros(()))  # running mean of the rewards
         self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))
@@ -424,8 +469,9 @@ class NoiseMaskAgent(_SeededAgent):
 
     def render(self, cells: torch.Tensor, size) -> torch.Tensor:
         """Cells (B, G*G) -> smooth mask (B, 1, H, W)."""
-        return render_mask(cells, tuple(size), kernel=self.geometry["kernel"], sigma=self.geometry["sigma"],
-                           upsample=self.cfg.upsample)
+        return render_mask(
+            cells, tuple(size), kernel=self.geometry["kernel"], sigma=self.geometry["sigma"], upsample=self.cfg.upsample
+        )
 
     def train_step(self, ctx, x, y):
         """The one update of :class:`MaskAgent`, then the gradient norms of both networks, read from .grad.
@@ -462,8 +508,7 @@ class NoiseMaskAgent(_SeededAgent):
         else:
             baseline = torch.where(self.baseline_steps > 0, self.baseline, reward.mean())
             advantage = normalised_advantage(reward, baseline) if cfg.advantage_norm else reward - baseline  # (B,)
-            policy_loss = reinforce_policy_loss(log_prob, advantage, entropy, cfg.entropy_coef,
-                                                cfg.log_prob_reduction)
+            policy_loss = reinforce_policy_loss(log_prob, advantage, entropy, cfg.entropy_coef, cfg.log_prob_reduction)
             if cfg.area_target is not None:  # keeps an adversarial policy off the all-zero mask
                 area = cfg.area_coef * ((cell_mean.mean(1) - cfg.area_target) ** 2).mean()
                 policy_loss = policy_loss + area
@@ -475,9 +520,14 @@ class NoiseMaskAgent(_SeededAgent):
             log_prob_used = log_prob.sum(dim=1).mean()  # joint log-probability of a mask
 
         logs = {
-            "losses/ce": ce.mean(), "losses/policy": policy_loss, "policy/mask_mean": cells.mean(),
-            "policy/mask_entropy": entropy.mean(), "policy/reward": reward.mean(), "policy/baseline": baseline,
-            "policy/log_prob": log_prob_used, **self._drift_logs(dist, cells, advantage),
+            "losses/ce": ce.mean(),
+            "losses/policy": policy_loss,
+            "policy/mask_mean": cells.mean(),
+            "policy/mask_entropy": entropy.mean(),
+            "policy/reward": reward.mean(),
+            "policy/baseline": baseline,
+            "policy/log_prob": log_prob_used,
+            **self._drift_logs(dist, cells, advantage),
         }
         return loss, {k: v.detach() for k, v in logs.items()}
 
@@ -493,7 +543,8 @@ class NoiseMaskAgent(_SeededAgent):
         a, b = dist.concentration1, dist.concentration0  # (B, G*G)
         per_sample = cells.mean(1)  # (B,) each mask's mean keep
         return {
-            "policy/advantage_mean": advantage.mean(), "policy/advantage_std": _std(advantage),
+            "policy/advantage_mean": advantage.mean(),
+            "policy/advantage_std": _std(advantage),
             "policy/mask_sample_std": _std(per_sample),
             "policy/kl_from_initial": beta_kl(a, b, a0, b0).mean(),
             "policy/moved_fraction": ((a / (a + b) - a0 / (a0 + b0)).abs() > MOVED).float().mean(),
@@ -542,8 +593,13 @@ class NoiseMaskAgent(_SeededAgent):
 
     def optimizer_options(self) -> AgentOptimizer:
         c = self.cfg
-        return AgentOptimizer(lr=c.policy_lr, momentum=c.policy_momentum, weight_decay=c.policy_weight_decay,
-                              optimizer=c.policy_optimizer, schedule=c.policy_schedule)
+        return AgentOptimizer(
+            lr=c.policy_lr,
+            momentum=c.policy_momentum,
+            weight_decay=c.policy_weight_decay,
+            optimizer=c.policy_optimizer,
+            schedule=c.policy_schedule,
+        )
 
     def resolved_config(self) -> dict:
         return {"method": self.name, **dataclasses.asdict(self.cfg), **self.geometry}

@@ -54,35 +54,56 @@ from rlmask.models.unet import CONTEXT_CHANNELS, _double_conv
 class ContextOptions:
     """Options of the Intelligent Masking agent (and, through ``task_options``, of its reconstruct task)."""
 
-    masking: str = option("dqn", "where blocks are hidden: 'dqn' (the Q-network chooses) or 'random' (uniform "
-                          "throughout, the paper's baseline; the Q-network is still trained, for its maps)",
-                          choices=["dqn", "random"])
+    masking: str = option(
+        "dqn",
+        "where blocks are hidden: 'dqn' (the Q-network chooses) or 'random' (uniform "
+        "throughout, the paper's baseline; the Q-network is still trained, for its maps)",
+        choices=["dqn", "random"],
+    )
     grid: int = option(9, "grid side G: the Q-network gives one value per cell of a G x G partition of the image")
     block: int = option(2, "side in cells of the block an action hides in training")
     val_block: int = option(3, "side in cells of the validation blocks (fixed seeded positions, equal for all runs)")
     val_seed: int = option(0, "seed of the fixed validation block positions")
     masks_per_image: int = option(1, "blocks per image and step, each a masked copy (greedy: the M best blocks)")
-    exploration: str = option("reference", "'reference': uniform actions for the first explore_fraction of "
-                              "training, then greedy; 'epsilon': epsilon-greedy with a linear decay",
-                              choices=["reference", "epsilon"])
-    explore_fraction: float = option(0.2, "reference: fraction of training with uniform actions; epsilon: "
-                                     "fraction over which epsilon decays from start_epsilon to end_epsilon")
+    exploration: str = option(
+        "reference",
+        "'reference': uniform actions for the first explore_fraction of "
+        "training, then greedy; 'epsilon': epsilon-greedy with a linear decay",
+        choices=["reference", "epsilon"],
+    )
+    explore_fraction: float = option(
+        0.2,
+        "reference: fraction of training with uniform actions; epsilon: "
+        "fraction over which epsilon decays from start_epsilon to end_epsilon",
+    )
     start_epsilon: float = option(1.0, "epsilon at the start of training (exploration epsilon)")
     end_epsilon: float = option(0.05, "epsilon after the decay (exploration epsilon)")
-    q_target: str = option("masked", "reward the Q-network regresses: 'masked' (error on the hidden block, the "
-                           "reconstructor's loss) or 'image' (whole-image mean squared error, as the reference)",
-                           choices=["masked", "image"])
+    q_target: str = option(
+        "masked",
+        "reward the Q-network regresses: 'masked' (error on the hidden block, the "
+        "reconstructor's loss) or 'image' (whole-image mean squared error, as the reference)",
+        choices=["masked", "image"],
+    )
     q_channels: str = option(",".join(map(str, CONTEXT_CHANNELS)), "widths of the Q-network's encoder blocks")
     replay_size: int = option(0, "replay buffer capacity in transitions (0: off, the paper's on-policy update)")
     replay_batch: int = option(32, "replayed transitions per Q update (with replay_size > 0)")
     target_update: int = option(0, "steps between copies of the Q-network into the acting target network (0: off)")
     q_lr: float = option(1e-3, "Q-network learning rate (Adam, as the reference)")
-    q_schedule: str = option("constant", "Q-network learning-rate schedule ('multistep' uses --milestones and "
-                             "--gamma, as the reference)", choices=["constant", "cosine", "step", "multistep"])
-    scaling: str = option("rlmask", "input scaling of the reconstruct task: 'rlmask' (rlmask's normalisation) or "
-                          "'reference' ([-1, 1])", choices=["rlmask", "reference"])
-    probe: bool = option(False, "also score a linear probe (logistic regression on pooled encoder features) on the "
-                         "validation labels at every validation")
+    q_schedule: str = option(
+        "constant",
+        "Q-network learning-rate schedule ('multistep' uses --milestones and --gamma, as the reference)",
+        choices=["constant", "cosine", "step", "multistep"],
+    )
+    scaling: str = option(
+        "rlmask",
+        "input scaling of the reconstruct task: 'rlmask' (rlmask's normalisation) or 'reference' ([-1, 1])",
+        choices=["rlmask", "reference"],
+    )
+    probe: bool = option(
+        False,
+        "also score a linear probe (logistic regression on pooled encoder features) on the "
+        "validation labels at every validation",
+    )
 
     def channels(self) -> tuple[int, ...]:
         try:
@@ -101,8 +122,11 @@ class ContextOptions:
             ("block", 1 <= self.block <= self.grid, "must be in [1, grid]"),
             ("val_block", 1 <= self.val_block <= self.grid, "must be in [1, grid]"),
             ("masks_per_image", self.masks_per_image >= 1, "must be >= 1"),
-            ("masks_per_image", self.masks_per_image <= (self.grid - self.block + 1) ** 2,
-             "exceeds the number of block positions"),
+            (
+                "masks_per_image",
+                self.masks_per_image <= (self.grid - self.block + 1) ** 2,
+                "exceeds the number of block positions",
+            ),
             ("explore_fraction", 0 <= self.explore_fraction <= 1, "must be in [0, 1]"),
             ("start_epsilon", 0 <= self.start_epsilon <= 1, "must be in [0, 1]"),
             ("end_epsilon", 0 <= self.end_epsilon <= 1, "must be in [0, 1]"),
@@ -180,8 +204,7 @@ class ContextMaskingAgent(_SeededAgent):
         # Valid top-left cells: the whole block stays inside the grid. (B-independent (G*G,) bool.)
         rows = torch.arange(cfg.grid * cfg.grid) // cfg.grid
         cols = torch.arange(cfg.grid * cfg.grid) % cfg.grid
-        self.register_buffer("valid", (rows <= cfg.grid - cfg.block) & (cols <= cfg.grid - cfg.block),
-                             persistent=False)
+        self.register_buffer("valid", (rows <= cfg.grid - cfg.block) & (cols <= cfg.grid - cfg.block), persistent=False)
         if cfg.replay_size:  # preallocated, so the state dict (and an exact resume) holds the whole buffer
             self.register_buffer("replay_x", torch.zeros(cfg.replay_size, in_chans, image_size, image_size))
             self.register_buffer("replay_action", torch.zeros(cfg.replay_size, dtype=torch.long))
@@ -227,8 +250,9 @@ class ContextMaskingAgent(_SeededAgent):
     def hide(self, x: torch.Tensor, actions: torch.Tensor, block: int | None = None):
         """Masked copies of x for actions (B, M): (x_masked, target, hidden), each (B*M, C|1, H, W)."""
         m = actions.shape[1]
-        hidden = block_mask(self.corners(actions.reshape(-1)), block or self.cfg.block, self.cfg.grid,
-                            x.shape[-2:])  # (B*M, 1, H, W), 1 = hidden
+        hidden = block_mask(
+            self.corners(actions.reshape(-1)), block or self.cfg.block, self.cfg.grid, x.shape[-2:]
+        )  # (B*M, 1, H, W), 1 = hidden
         target = x.repeat_interleave(m, dim=0) if m > 1 else x  # (B*M, C, H, W)
         return target * (1 - hidden), target, hidden
 
@@ -296,10 +320,16 @@ class ContextMaskingAgent(_SeededAgent):
             self.replay_add(x.repeat_interleave(m, dim=0) if m > 1 else x, actions.reshape(-1), reward)
 
         rows = (actions // c.grid).float()
-        logs = {"losses/rec": rec_loss, "losses/q": q_loss, "policy/epsilon": torch.tensor(epsilon),
-                "policy/reward": reward.mean(), "policy/q_taken": q_values.gather(1, actions).mean(),
-                "policy/q_mean": q_values.masked_select(self.valid[None].expand_as(q_values)).mean(),
-                "policy/action_row": rows.mean(), "policy/action_col": (actions % c.grid).float().mean()}
+        logs = {
+            "losses/rec": rec_loss,
+            "losses/q": q_loss,
+            "policy/epsilon": torch.tensor(epsilon),
+            "policy/reward": reward.mean(),
+            "policy/q_taken": q_values.gather(1, actions).mean(),
+            "policy/q_mean": q_values.masked_select(self.valid[None].expand_as(q_values)).mean(),
+            "policy/action_row": rows.mean(),
+            "policy/action_col": (actions % c.grid).float().mean(),
+        }
         return {k: v.detach().float() for k, v in logs.items()}
 
     # --- evaluation and figures ---------------------------------------------------------------------
@@ -349,26 +379,45 @@ class ContextMaskingAgent(_SeededAgent):
             t = (t * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
             return t[..., 0] if t.shape[-1] == 1 else t
 
-        rows = {"image": show(x), "chosen block": (1 - keep[:, 0]).cpu().numpy(), "masked": show(x * keep),
-                "reconstruction": show(recon * (1 - keep) + x * keep), "Q map": sampled["qvalues"][:, 0].cpu().numpy()}
-        plot_image_rows(rows, Path(out) / "gallery.png", cmaps={"chosen block": "magma", "Q map": "viridis"},
-                        title=f"context ({self.cfg.masking}): block of {self.cfg.block}x{self.cfg.block} cells of a "
-                              f"{self.cfg.grid}x{self.cfg.grid} grid")
+        rows = {
+            "image": show(x),
+            "chosen block": (1 - keep[:, 0]).cpu().numpy(),
+            "masked": show(x * keep),
+            "reconstruction": show(recon * (1 - keep) + x * keep),
+            "Q map": sampled["qvalues"][:, 0].cpu().numpy(),
+        }
+        plot_image_rows(
+            rows,
+            Path(out) / "gallery.png",
+            cmaps={"chosen block": "magma", "Q map": "viridis"},
+            title=f"context ({self.cfg.masking}): block of {self.cfg.block}x{self.cfg.block} cells of a "
+            f"{self.cfg.grid}x{self.cfg.grid} grid",
+        )
 
     # --- plumbing --------------------------------------------------------------------------------
     @staticmethod
     def task_options(options: ContextOptions) -> dict:
-        return {"scaling": options.scaling, "grid": options.grid, "val_block": options.val_block,
-                "val_seed": options.val_seed, "probe": options.probe}
+        return {
+            "scaling": options.scaling,
+            "grid": options.grid,
+            "val_block": options.val_block,
+            "val_seed": options.val_seed,
+            "probe": options.probe,
+        }
 
     def optimizer_options(self) -> AgentOptimizer:
-        return AgentOptimizer(lr=self.cfg.q_lr, momentum=0.0, weight_decay=0.0, optimizer="adam",
-                              schedule=self.cfg.q_schedule)
+        return AgentOptimizer(
+            lr=self.cfg.q_lr, momentum=0.0, weight_decay=0.0, optimizer="adam", schedule=self.cfg.q_schedule
+        )
 
     def resolved_config(self) -> dict:
         return {"method": self.name, **dataclasses.asdict(self.cfg)}
 
 
 register_preset("context-dqn", "context", masking="dqn", summary="Intelligent Masking: DQN-chosen inpainting blocks")
-register_preset("context-random", "context", masking="random",
-                summary="Intelligent Masking's baseline: uniformly placed inpainting blocks")
+register_preset(
+    "context-random",
+    "context",
+    masking="random",
+    summary="Intelligent Masking's baseline: uniformly placed inpainting blocks",
+)

@@ -61,8 +61,14 @@ class AgentSpec:
 AGENTS: dict[str, AgentSpec] = {"plain": AgentSpec("plain", MaskAgent, summary="no mask: plain training")}
 
 
-def register_agent(name: str, *, options: type | None = None, task: str = "classify",
-                   in_default_comparison: bool = False, plain_checkpoint_option: str | None = None):
+def register_agent(
+    name: str,
+    *,
+    options: type | None = None,
+    task: str = "classify",
+    in_default_comparison: bool = False,
+    plain_checkpoint_option: str | None = None,
+):
     """Class decorator: register an agent class under ``name`` (its ``name`` attribute is set to it).
 
     ``plain_checkpoint_option``: the option (a field of ``options``) through which the agent takes a plain
@@ -84,9 +90,13 @@ def register_preset(name: str, base: str, *, in_default_comparison: bool = False
     if name in AGENTS:
         raise ValueError(f"agent {name!r} is already registered")
     spec = AGENTS[base]
-    AGENTS[name] = dataclasses.replace(spec, name=name, presets=dict(spec.presets) | values,
-                                       in_default_comparison=in_default_comparison,
-                                       summary=summary or f"{base} with " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    AGENTS[name] = dataclasses.replace(
+        spec,
+        name=name,
+        presets=dict(spec.presets) | values,
+        in_default_comparison=in_default_comparison,
+        summary=summary or f"{base} with " + ", ".join(f"{k}={v}" for k, v in values.items()),
+    )
 
 
 def unregister(name: str) -> None:
@@ -103,5 +113,8 @@ def get_agent(name: str, option: str = "--method") -> AgentSpec:
 
 def owner_of(option_name: str) -> list[str]:
     """Registered methods (not presets) whose options include ``option_name``."""
-    return [s.name for s in AGENTS.values() if not s.presets and s.options is not None
-            and option_name in {f.name for f in dataclasses.fields(s.options)}]
+    return [
+        s.name
+        for s in AGENTS.values()
+        if not s.presets and s.options is not None and option_name in {f.name for f in dataclasses.fields(s.options)}
+    ]

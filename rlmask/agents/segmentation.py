@@ -72,20 +72,31 @@ def _check_ranges(checks: list[tuple[str, bool, str]], options) -> None:
 class APGAOptions:
     """Options of the APGA agent. Coefficients default to the reference's values."""
 
-    agent_encoder: str = option("small", "segmentation network: 'small' (the configurable U-Net, CPU-friendly) or "
-                                "'vgg11' (U-Net on a VGG-11 encoder, as the reference)", choices=["small", "vgg11"])
+    agent_encoder: str = option(
+        "small",
+        "segmentation network: 'small' (the configurable U-Net, CPU-friendly) or "
+        "'vgg11' (U-Net on a VGG-11 encoder, as the reference)",
+        choices=["small", "vgg11"],
+    )
     agent_channels: list[int] = option([16, 32, 64], "widths of the small U-Net's levels (agent_encoder small)")
     vgg_width: float = option(1.0, "width multiplier of the VGG-11 U-Net (1: VGG-11's widths; agent_encoder vgg11)")
-    agent_policy: str = option("reference", "'reference' (the thresholded sigmoid and the published BCE loss) or "
-                               "'bernoulli' (masks sampled from the sigmoid, exact log-probability, area penalty)",
-                               choices=["reference", "bernoulli"])
+    agent_policy: str = option(
+        "reference",
+        "'reference' (the thresholded sigmoid and the published BCE loss) or "
+        "'bernoulli' (masks sampled from the sigmoid, exact log-probability, area penalty)",
+        choices=["reference", "bernoulli"],
+    )
     threshold: float = option(0.5, "pixels with p > threshold are removed in x_adv, those with p < threshold in x_keep")
-    reward_reduction: str = option("sample", "'sample': one reward per image; 'batch': the batch mean, as the "
-                                   "reference", choices=["sample", "batch"])
+    reward_reduction: str = option(
+        "sample",
+        "'sample': one reward per image; 'batch': the batch mean, as the reference",
+        choices=["sample", "batch"],
+    )
     baseline_decay: float = option(0.5, "running reward baseline b = decay*b + (1-decay)*mean(r) (reference 0.5)")
     pg_coef: float = option(100.0, "reference policy: weight of R*BCE(p, M), the policy-gradient term (reference 100)")
-    zero_coef: float = option(0.1, "reference policy: weight of |R|*BCE(p, 0), which pulls p to 0 = mask less "
-                              "(reference 0.1)")
+    zero_coef: float = option(
+        0.1, "reference policy: weight of |R|*BCE(p, 0), which pulls p to 0 = mask less (reference 0.1)"
+    )
     one_coef: float = option(0.01, "reference policy: weight of |R|*BCE(p, 1), which pulls p to 1 (reference 0.01)")
     policy_grid: int = option(0, "bernoulli policy: sample one action per cell of a G x G grid (0: per pixel)")
     max_area: float = option(0.25, "bernoulli policy: fraction of the image x_adv may remove before the area penalty")
@@ -95,31 +106,43 @@ class APGAOptions:
     agent_lr: float = option(1e-3, "agent learning rate (the reference: 1e-5, see the apga-reference preset)")
     agent_optimizer: str = option("adam", "agent optimiser (reference: Adam)", choices=["adam", "adamw", "sgd"])
     agent_weight_decay: float = option(0.0, "agent weight decay")
-    agent_schedule: str = option("constant", "agent learning-rate schedule (reference: constant)",
-                                 choices=["constant", "cosine", "step"])
+    agent_schedule: str = option(
+        "constant", "agent learning-rate schedule (reference: constant)", choices=["constant", "cosine", "step"]
+    )
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first option that is out of range."""
-        _check_choices(self, ("agent_encoder", "agent_policy", "reward_reduction", "agent_optimizer",
-                              "agent_schedule"))
-        _check_ranges([
-            ("agent_channels", len(self.agent_channels) >= 1 and all(c >= 1 for c in self.agent_channels),
-             "need at least one positive width"),
-            ("vgg_width", self.vgg_width > 0, "must be positive"),
-            ("threshold", 0 < self.threshold < 1, "must be in (0, 1)"),
-            ("baseline_decay", 0 <= self.baseline_decay < 1, "must be in [0, 1)"),
-            ("policy_grid", self.policy_grid >= 0, "must be >= 0"),
-            ("max_area", 0 <= self.max_area <= 1, "must be in [0, 1]"),
-            ("area_coef", self.area_coef >= 0, "must be >= 0"),
-            ("agent_lr", self.agent_lr > 0, "must be positive"),
-        ], self)
+        _check_choices(self, ("agent_encoder", "agent_policy", "reward_reduction", "agent_optimizer", "agent_schedule"))
+        _check_ranges(
+            [
+                (
+                    "agent_channels",
+                    len(self.agent_channels) >= 1 and all(c >= 1 for c in self.agent_channels),
+                    "need at least one positive width",
+                ),
+                ("vgg_width", self.vgg_width > 0, "must be positive"),
+                ("threshold", 0 < self.threshold < 1, "must be in (0, 1)"),
+                ("baseline_decay", 0 <= self.baseline_decay < 1, "must be in [0, 1)"),
+                ("policy_grid", self.policy_grid >= 0, "must be >= 0"),
+                ("max_area", 0 <= self.max_area <= 1, "must be in [0, 1]"),
+                ("area_coef", self.area_coef >= 0, "must be >= 0"),
+                ("agent_lr", self.agent_lr > 0, "must be positive"),
+            ],
+            self,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # The reference's agent loss, as a pure function
 # ---------------------------------------------------------------------------------------------
-def reference_agent_loss(logits: torch.Tensor, action: torch.Tensor, advantage: torch.Tensor,
-                         pg_coef: float = 100.0, zero_coef: float = 0.1, one_coef: float = 0.01) -> torch.Tensor:
+def reference_agent_loss(
+    logits: torch.Tensor,
+    action: torch.Tensor,
+    advantage: torch.Tensor,
+    pg_coef: float = 100.0,
+    zero_coef: float = 0.1,
+    one_coef: float = 0.01,
+) -> torch.Tensor:
     """mean_i(pg R_i BCE_i(p, M) + zero |R_i| BCE_i(p, 0) + one |R_i| BCE_i(p, 1)), p = sigmoid(logits).
 
     logits (B, 1, H, W), action M (B, 1, H, W) in {0, 1}, advantage R (B,) detached. ``BCE_i`` is the mean over
@@ -127,12 +150,16 @@ def reference_agent_loss(logits: torch.Tensor, action: torch.Tensor, advantage: 
     over the whole batch. BCE(p, M) is -log of the probability of M under independent Bernoulli(p) pixels:
     the first term is REINFORCE on the thresholded mask; the other two pull p toward 0 (mask less) and 1.
     """
+
     def bce(target: torch.Tensor) -> torch.Tensor:  # (B,) mean over each sample's pixels
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
 
     r = advantage.float()
-    return (pg_coef * r * bce(action.float()) + zero_coef * r.abs() * bce(torch.zeros_like(logits))
-            + one_coef * r.abs() * bce(torch.ones_like(logits))).mean()
+    return (
+        pg_coef * r * bce(action.float())
+        + zero_coef * r.abs() * bce(torch.zeros_like(logits))
+        + one_coef * r.abs() * bce(torch.ones_like(logits))
+    ).mean()
 
 
 def bernoulli_log_prob(prob: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -248,10 +275,18 @@ class APGAAgent(_SeededAgent):
             ce_keep = ctx.loss(x_keep, y).mean()
         ctx.update(ce_keep, agent=False)
 
-        logs = {"losses/ce": ce, "losses/ce_keep": ce_keep, "losses/agent": agent_loss,
-                "policy/reward": r.mean(), "policy/baseline": baseline, "policy/advantage_abs": advantage.abs().mean(),
-                "policy/adv_area": area.mean(), "policy/keep_area": 1 - dropped.float().mean(),
-                "policy/prob_mean": prob.mean(), "policy/log_prob": log_prob.mean()}
+        logs = {
+            "losses/ce": ce,
+            "losses/ce_keep": ce_keep,
+            "losses/agent": agent_loss,
+            "policy/reward": r.mean(),
+            "policy/baseline": baseline,
+            "policy/advantage_abs": advantage.abs().mean(),
+            "policy/adv_area": area.mean(),
+            "policy/keep_area": 1 - dropped.float().mean(),
+            "policy/prob_mean": prob.mean(),
+            "policy/log_prob": log_prob.mean(),
+        }
         return {k: v.detach().float() for k, v in logs.items()}
 
     # --- evaluation and the gallery ----------------------------------------------------------------
@@ -280,18 +315,33 @@ class APGAAgent(_SeededAgent):
 
     def optimizer_options(self) -> AgentOptimizer:
         c = self.cfg
-        return AgentOptimizer(lr=c.agent_lr, momentum=0.9, weight_decay=c.agent_weight_decay,
-                              optimizer=c.agent_optimizer, schedule=c.agent_schedule)
+        return AgentOptimizer(
+            lr=c.agent_lr,
+            momentum=0.9,
+            weight_decay=c.agent_weight_decay,
+            optimizer=c.agent_optimizer,
+            schedule=c.agent_schedule,
+        )
 
     def resolved_config(self) -> dict:
         return {"method": self.name, **dataclasses.asdict(self.cfg), "black": BLACK}
 
 
 # The reference's values: batch reward, Adam 1e-5, the VGG-11 U-Net (randomly initialised here).
-register_preset("apga-reference", "apga", reward_reduction="batch", agent_lr=1e-5, agent_encoder="vgg11",
-                summary="APGA with the reference's batch reward, agent lr 1e-5 and VGG-11 U-Net")
-register_preset("apga-bernoulli", "apga", agent_policy="bernoulli",
-                summary="APGA with a sampled Bernoulli mask policy and an area penalty")
+register_preset(
+    "apga-reference",
+    "apga",
+    reward_reduction="batch",
+    agent_lr=1e-5,
+    agent_encoder="vgg11",
+    summary="APGA with the reference's batch reward, agent lr 1e-5 and VGG-11 U-Net",
+)
+register_preset(
+    "apga-bernoulli",
+    "apga",
+    agent_policy="bernoulli",
+    summary="APGA with a sampled Bernoulli mask policy and an area penalty",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,16 +356,22 @@ class CutoutOptions:
     scale_max: float = option(0.33, "largest erased area as a fraction of the image")
     ratio_min: float = option(0.3, "smallest aspect ratio (height / width) of the rectangle")
     ratio_max: float = option(3.3, "largest aspect ratio (height / width) of the rectangle")
-    clean_step: bool = option(True, "a clean classifier step before the erased one, as the reference's cutout "
-                              "(two updates per batch, like APGA's classifier); off: one step on erased images")
+    clean_step: bool = option(
+        True,
+        "a clean classifier step before the erased one, as the reference's cutout "
+        "(two updates per batch, like APGA's classifier); off: one step on erased images",
+    )
 
     def validate(self) -> None:
-        _check_ranges([
-            ("p", 0 <= self.p <= 1, "must be in [0, 1]"),
-            ("scale_min", 0 < self.scale_min <= self.scale_max, "must be in (0, scale_max]"),
-            ("scale_max", self.scale_max <= 1, "must be <= 1"),
-            ("ratio_min", 0 < self.ratio_min <= self.ratio_max, "must be in (0, ratio_max]"),
-        ], self)
+        _check_ranges(
+            [
+                ("p", 0 <= self.p <= 1, "must be in [0, 1]"),
+                ("scale_min", 0 < self.scale_min <= self.scale_max, "must be in (0, scale_max]"),
+                ("scale_max", self.scale_max <= 1, "must be <= 1"),
+                ("ratio_min", 0 < self.ratio_min <= self.ratio_max, "must be in (0, ratio_max]"),
+            ],
+            self,
+        )
 
 
 ERASE_ATTEMPTS = 10  # rectangles tried per image until one fits, as torchvision's RandomErasing
@@ -344,8 +400,12 @@ def erase_masks(n: int, size: tuple[int, int], cfg: CutoutOptions, generator: to
     left = (uniform(n) * (w_img - w + 1)).floor().long()
     rows = torch.arange(h_img, device=dev)[None, :, None]  # (1, H, 1)
     cols = torch.arange(w_img, device=dev)[None, None, :]  # (1, 1, W)
-    inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))  # (n, H, W)
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + h)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + w)[:, None, None])
+    )  # (n, H, W)
     return (inside & erase[:, None, None])[:, None]
 
 
@@ -401,11 +461,19 @@ class CutoutAgent(_TwoStepBaseline):
 class GradCAMOptions:
     """Options of the Grad-CAM masking baseline."""
 
-    gradcam_from: str | None = option(None, "checkpoint of the plain model whose Grad-CAM makes the masks "
-                                      "(required; `rlmask compare` passes the same seed's plain run)", metavar="CKPT")
+    gradcam_from: str | None = option(
+        None,
+        "checkpoint of the plain model whose Grad-CAM makes the masks "
+        "(required; `rlmask compare` passes the same seed's plain run)",
+        metavar="CKPT",
+    )
     cam_threshold: float = option(0.5, "pixels whose min-max normalised Grad-CAM exceeds this form the top region")
-    region: str = option("remove-top", "'remove-top': remove the top-activated region (the issue's baseline); "
-                         "'keep-top': keep only it, as the reference code did", choices=["remove-top", "keep-top"])
+    region: str = option(
+        "remove-top",
+        "'remove-top': remove the top-activated region (the issue's baseline); "
+        "'keep-top': keep only it, as the reference code did",
+        choices=["remove-top", "keep-top"],
+    )
     clean_step: bool = option(True, "a clean classifier step before the masked one (two updates per batch)")
 
     def validate(self) -> None:
@@ -445,8 +513,9 @@ class GradCAMMaskAgent(_TwoStepBaseline):
 
         plain, meta = load_classifier(cfg.gradcam_from, option="--gradcam-from")
         if meta.get("channels") not in (None, in_chans):
-            raise UserError(f"--gradcam-from {cfg.gradcam_from}: a {meta['channels']}-channel model, "
-                            f"the data has {in_chans}")
+            raise UserError(
+                f"--gradcam-from {cfg.gradcam_from}: a {meta['channels']}-channel model, the data has {in_chans}"
+            )
         if not hasattr(plain, "forward_features") or not hasattr(plain, "forward_head"):
             raise UserError(f"--gradcam-from {cfg.gradcam_from}: the model has no forward_features/forward_head")
         for p in plain.parameters():

@@ -11,5 +11,14 @@ from rlmask.data.medmnist import register_medmnist_file
 from rlmask.data.options import DataOptions
 from rlmask.data.pool import Pool, Split, build_pool
 
-__all__ = ["build_pool", "DataOptions", "Pool", "Split", "BatchLoader", "Augment", "DEFAULT_MEAN", "DEFAULT_STD",
-           "register_medmnist_file"]
+__all__ = [
+    "build_pool",
+    "DataOptions",
+    "Pool",
+    "Split",
+    "BatchLoader",
+    "Augment",
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "register_medmnist_file",
+]

@@ -24,8 +24,17 @@ class Augment:
     and horizontal flip with probability ``hflip``; train=False: only scaling to [0, 1] and normalising.
     """
 
-    def __init__(self, image_size: int, *, train: bool, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                 mean: float | tuple = DEFAULT_MEAN, std: float | tuple = DEFAULT_STD):
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        train: bool,
+        scale=(0.35, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        mean: float | tuple = DEFAULT_MEAN,
+        std: float | tuple = DEFAULT_STD,
+    ):
         if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]) or not 0 <= hflip <= 1:
             raise ValueError(f"bad augmentation options: scale={scale}, ratio={ratio}, hflip={hflip}")
         self.image_size, self.train = image_size, train
@@ -43,15 +52,16 @@ class Augment:
         ok = valid.any(1)
         w = torch.where(ok, w.gather(1, first)[:, 0], torch.ones(n))
         h = torch.where(ok, h.gather(1, first)[:, 0], torch.ones(n))
-        centre = torch.rand((n, 2), generator=generator) * (1 - torch.stack([w, h], 1)) * 2 - 1 \
-            + torch.stack([w, h], 1)  # (n, 2) crop centre in [-1, 1] coordinates, crop inside the image
+        centre = (
+            torch.rand((n, 2), generator=generator) * (1 - torch.stack([w, h], 1)) * 2 - 1 + torch.stack([w, h], 1)
+        )  # (n, 2) crop centre in [-1, 1] coordinates, crop inside the image
         flip = torch.where(torch.rand(n, generator=generator) < self.hflip, -1.0, 1.0)
         zero = torch.zeros(n)
-        return torch.stack([torch.stack([w * flip, zero, centre[:, 0]], 1),
-                            torch.stack([zero, h, centre[:, 1]], 1)], 1)
+        return torch.stack([torch.stack([w * flip, zero, centre[:, 0]], 1), torch.stack([zero, h, centre[:, 1]], 1)], 1)
 
-    def __call__(self, x_u8: torch.Tensor, generator: torch.Generator | None = None,
-                 theta: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x_u8: torch.Tensor, generator: torch.Generator | None = None, theta: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Augment and normalise a uint8 batch (B, C, S, S) on its own device.
 
         Training crops come from ``theta`` (B, 2, 3) when given (maps drawn in advance with ``sample``,

@@ -23,8 +23,9 @@ def _pydicom(path: str, spec: str):
     try:
         import pydicom
     except ImportError:
-        raise UserError(f"--data {spec}: {path} is a DICOM file; reading DICOM needs pydicom: "
-                        "pip install 'rlmask[dicom]'") from None
+        raise UserError(
+            f"--data {spec}: {path} is a DICOM file; reading DICOM needs pydicom: pip install 'rlmask[dicom]'"
+        ) from None
     return pydicom
 
 
@@ -36,8 +37,10 @@ def _read(path: str, spec: str, pixels: bool):
         raise UserError(f"--data {spec}: cannot decode DICOM file {path} ({_reason(e)})") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise UserError(f"--data {spec}: DICOM file {path} has {frames} frames; rlmask classifies 2-D images "
-                        "(export one frame per file)")
+        raise UserError(
+            f"--data {spec}: DICOM file {path} has {frames} frames; rlmask classifies 2-D images "
+            "(export one frame per file)"
+        )
     return ds
 
 
@@ -50,8 +53,14 @@ def dicom_shape(path: str, spec: str) -> tuple[int, int, int]:
     """(H, W, C) of a DICOM file from its header only (C = 3 for colour, else 1)."""
     ds = _read(path, spec, pixels=False)
     try:
-        return int(ds.Rows), int(ds.Columns), 3 if int(ds.get("SamplesPerPixel", 1) or 1) == 3 \
-            or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR" else 1
+        return (
+            int(ds.Rows),
+            int(ds.Columns),
+            3
+            if int(ds.get("SamplesPerPixel", 1) or 1) == 3
+            or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+            else 1,
+        )
     except (AttributeError, TypeError, ValueError) as e:
         raise UserError(f"--data {spec}: cannot decode DICOM file {path} ({_reason(e)})") from None
 
@@ -77,8 +86,9 @@ def read_dicom(path: str, spec: str, window: tuple[float, float] | None = None) 
             top = 2 ** int(ds.get("BitsStored", 16) or 16) - 1
         return (a.astype(np.float64) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
     if a.ndim != 2:
-        raise UserError(f"--data {spec}: DICOM file {path} has pixel shape {tuple(a.shape)}; rlmask reads 2-D "
-                        "grey or RGB images")
+        raise UserError(
+            f"--data {spec}: DICOM file {path} has pixel shape {tuple(a.shape)}; rlmask reads 2-D grey or RGB images"
+        )
     x = a.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     center_width = window or _file_window(ds)
     if center_width is None:  # no window anywhere: the image's own range

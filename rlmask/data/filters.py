@@ -59,16 +59,22 @@ class FileFilter:
 
     def report(self) -> dict:
         """Plain data for the pool's info: files removed per pattern and mask-like files seen."""
-        return {"exclude": dict(self.removed), "masks": self.masks, "masks_kept": self.keep_masks,
-                "mask_examples": list(self.mask_examples)}
+        return {
+            "exclude": dict(self.removed),
+            "masks": self.masks,
+            "masks_kept": self.keep_masks,
+            "mask_examples": list(self.mask_examples),
+        }
 
     def warnings(self) -> list[str]:
         """One-line warnings: masks seen, patterns that matched nothing (a typo?)."""
         out = []
         if self.masks:
             what = "used as images (--keep-masks)" if self.keep_masks else "left out (--keep-masks uses them)"
-            out.append(f"{self.masks} file(s) look like segmentation masks ({', '.join(MASK_PATTERNS)}, "
-                       f"e.g. {self.mask_examples[0]}): {what}")
+            out.append(
+                f"{self.masks} file(s) look like segmentation masks ({', '.join(MASK_PATTERNS)}, "
+                f"e.g. {self.mask_examples[0]}): {what}"
+            )
         out += [f"--exclude {p!r} matched no file" for p, n in self.removed.items() if n == 0]
         return out
 
@@ -80,5 +86,7 @@ class FileFilter:
         if removed:
             raise UserError(f"--exclude: no image of --data {spec} is left ({'; '.join(removed)})")
         if self.masks and not self.keep_masks:
-            raise UserError(f"--data {spec}: no image is left: all {self.masks} file(s) look like segmentation "
-                            "masks (--keep-masks uses them)")
+            raise UserError(
+                f"--data {spec}: no image is left: all {self.masks} file(s) look like segmentation "
+                "masks (--keep-masks uses them)"
+            )

@@ -40,8 +40,9 @@ COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 _INDEX_VERSION = 2
 
 
-def open_folder(root: Path, spec: str, cache_dir: Path | None, options: DataOptions | None = None,
-                seed: int = 0) -> Source:
+def open_folder(
+    root: Path, spec: str, cache_dir: Path | None, options: DataOptions | None = None, seed: int = 0
+) -> Source:
     """Index (or reuse the cached index of) an image folder and return its :class:`Source`.
 
     ``seed`` (or ``options.split_seed``) seeds the split of folders without val (and test) folders.
@@ -87,12 +88,26 @@ def open_folder(root: Path, spec: str, cache_dir: Path | None, options: DataOpti
     if made is not None:
         _record_split(root, index, cache_dir, made, given)
 
-    splits = {s: RawSplit(labels=torch.from_numpy(given[s][1]), files=given[s][0])
-              for s in ("train", "val", "test") if s in given}
-    details = {"layout": layout, "split": made, **filt.report(), "dropped_classes": dropped,
-               "warnings": filt.warnings()}
-    return Source(name=root.name, spec=spec, classes=classes, native_shape=file_shape(splits["train"].files[0], spec),
-                  splits=splits, details=details)
+    splits = {
+        s: RawSplit(labels=torch.from_numpy(given[s][1]), files=given[s][0])
+        for s in ("train", "val", "test")
+        if s in given
+    }
+    details = {
+        "layout": layout,
+        "split": made,
+        **filt.report(),
+        "dropped_classes": dropped,
+        "warnings": filt.warnings(),
+    }
+    return Source(
+        name=root.name,
+        spec=spec,
+        classes=classes,
+        native_shape=file_shape(splits["train"].files[0], spec),
+        splits=splits,
+        details=details,
+    )
 
 
 def _layout(root: Path, index: dict, spec: str) -> tuple[str, dict[str, dict[str, str]]]:
@@ -113,27 +128,38 @@ def _layout(root: Path, index: dict, spec: str) -> tuple[str, dict[str, dict[str
 
     def classes_below(base: str) -> dict[str, str]:
         start = f"{base}/" if base else ""
-        return {d[len(start):]: d for d in sorted(dirs)
-                if d.startswith(start) and d != base and (index["files"].get(d) or d not in parents)}
+        return {
+            d[len(start) :]: d
+            for d in sorted(dirs)
+            if d.startswith(start) and d != base and (index["files"].get(d) or d not in parents)
+        }
 
     if not by_split:
         if not top:
-            raise UserError(f"--data {spec}: {root} has no class folders (expected <class>/ folders of images, "
-                            "optionally inside train/, val/ and test/ folders)")
+            raise UserError(
+                f"--data {spec}: {root} has no class folders (expected <class>/ folders of images, "
+                "optionally inside train/, val/ and test/ folders)"
+            )
         return "class folders (seeded split)", {"": classes_below("")}
     others = [d for d in top if not split_name(d)]
     if others:
-        raise UserError(f"--data {spec}: {root} mixes split folders ({', '.join(n for v in by_split.values() for n in v)}) "
-                        f"with other folders ({', '.join(others)}); move those out of it")
+        raise UserError(
+            f"--data {spec}: {root} mixes split folders ({', '.join(n for v in by_split.values() for n in v)}) "
+            f"with other folders ({', '.join(others)}); move those out of it"
+        )
     if "train" not in by_split:
-        raise UserError(f"--data {spec}: {root} has {'/, '.join(n for v in by_split.values() for n in v)}/ but no "
-                        "train/ (or training/) folder")
+        raise UserError(
+            f"--data {spec}: {root} has {'/, '.join(n for v in by_split.values() for n in v)}/ but no "
+            "train/ (or training/) folder"
+        )
     names = {s: v[0] for s, v in by_split.items()}
     groups = {s: classes_below(names[s]) for s in ("train", "val", "test") if s in names}
     for s, classes in groups.items():
         if not classes:
-            raise UserError(f"--data {spec}: {root / names[s]} has no class folders (expected "
-                            f"{names[s]}/<class>/ folders of images)")
+            raise UserError(
+                f"--data {spec}: {root / names[s]} has no class folders (expected "
+                f"{names[s]}/<class>/ folders of images)"
+            )
     layout = "split folders (" + ", ".join(f"{names[s]}/" for s in ("train", "val", "test") if s in names) + ")"
     return layout, groups
 
@@ -158,8 +184,10 @@ def _where(spec: str | None) -> str:
 
 
 def _bomb(err: Exception) -> str:
-    return (f"more pixels than PIL's decompression-bomb guard allows ({str(err).split('could be')[0].strip()}); "
-            "shrink the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+    return (
+        f"more pixels than PIL's decompression-bomb guard allows ({str(err).split('could be')[0].strip()}); "
+        "shrink the file, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+    )
 
 
 def colour_counts(files: list[str], spec: str, progress: bool = False) -> dict[str, int]:
@@ -170,8 +198,9 @@ def colour_counts(files: list[str], spec: str, progress: bool = False) -> dict[s
     return counts
 
 
-def decode_image(path: str, channels: int, size: int, spec: str,
-                 window: tuple[float, float] | None = None) -> torch.Tensor:
+def decode_image(
+    path: str, channels: int, size: int, spec: str, window: tuple[float, float] | None = None
+) -> torch.Tensor:
     """Read one image file as uint8 (channels, size, size).
 
     Modes: L/RGB as they are; RGBA/LA/PA composited on black; P/CMYK/... via RGB; 16/32-bit
@@ -267,16 +296,19 @@ def _cached_index(root: Path, cache_dir: Path | None) -> dict | None:
         return None  # no cache, unreadable cache or a vanished directory: walk again
 
 
-def _record_split(root: Path, index: dict, cache_dir: Path | None, made: dict,
-                  splits: dict[str, tuple[list[str], np.ndarray]]) -> None:
+def _record_split(
+    root: Path, index: dict, cache_dir: Path | None, made: dict, splits: dict[str, tuple[list[str], np.ndarray]]
+) -> None:
     """Keep the split a run made in the cached index: its parameters and the held-out files.
 
     The split is recomputed (a pure function) on every run; the record is there to be read, and to
     show which files a seed held out.
     """
     prefix = os.path.join(str(root), "")
-    record = {**made, "held_out": {s: [f[len(prefix):].replace(os.sep, "/") for f in splits[s][0]]
-                                   for s in made["made"]}}
+    record = {
+        **made,
+        "held_out": {s: [f[len(prefix) :].replace(os.sep, "/") for f in splits[s][0]] for s in made["made"]},
+    }
     if index.get("split") != record:
         index["split"] = record
         _save_index(root, index, cache_dir)

@@ -19,8 +19,19 @@ from rlmask.runtime import derive_seed
 class BatchLoader:
     """Iterate over ``split`` in batches of uint8 images and int64 labels on ``device``."""
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, num_workers: int = 0):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -50,12 +61,12 @@ class BatchLoader:
         total = self.per_rank * self.world_size
         if total > n:
             order = torch.cat([order, order.repeat(-(-(total - n) // max(n, 1)))[: total - n]])
-        return order[:total][self.rank::self.world_size]
+        return order[:total][self.rank :: self.world_size]
 
     def epoch(self, epoch: int, start_batch: int = 0):
         """Yield ``(x_u8 (B, C, S, S) uint8, y (B,) int64)`` on the device, skipping ``start_batch`` batches."""
         idx = self.indices(epoch)
-        batches = [idx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start_batch, len(self))]
+        batches = [idx[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start_batch, len(self))]
         cuda = self.device.type == "cuda"
         items = _Batches(self.split, batches)
         if self.split.has_files and self.num_workers > 0:

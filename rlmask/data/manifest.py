@@ -30,8 +30,20 @@ from rlmask.errors import UserError
 
 MANIFEST_EXTENSIONS = (".csv", ".tsv")
 # Column names that say what a column holds, most specific first (compared lower-case, "-"/" " as "_").
-PATH_COLUMNS = ("path", "image_path", "img_path", "file_path", "filepath", "image", "img", "image_file",
-                "file", "filename", "file_name", "fname")
+PATH_COLUMNS = (
+    "path",
+    "image_path",
+    "img_path",
+    "file_path",
+    "filepath",
+    "image",
+    "img",
+    "image_file",
+    "file",
+    "filename",
+    "file_name",
+    "fname",
+)
 LABEL_COLUMNS = ("label", "class", "target", "diagnosis", "class_name", "classname", "category", "labels", "y")
 SPLIT_COLUMNS = ("split", "set", "subset", "partition")
 _KEYS = ("path", "label", "split", "sep")
@@ -53,8 +65,10 @@ def parse_manifest_spec(spec: str) -> tuple[Path, dict[str, str], str | None]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _KEYS:
-            raise UserError(f"--data {spec}: unknown manifest option {key!r} (expected {', '.join(_KEYS)}: "
-                            "csv:FILE?path=COL&label=COL&split=COL)")
+            raise UserError(
+                f"--data {spec}: unknown manifest option {key!r} (expected {', '.join(_KEYS)}: "
+                "csv:FILE?path=COL&label=COL&split=COL)"
+            )
         params[key] = value
     if not file:
         raise UserError(f"--data {spec}: no manifest file given (csv:FILE?path=COL&label=COL)")
@@ -70,7 +84,9 @@ def open_manifest(spec: str, options: DataOptions | None = None, seed: int = 0) 
     header, rows = _read_rows(path, spec, params.get("sep"), kind)
     columns = {key: _column(key, params.get(key), header, rows, path, spec) for key in ("path", "label", "split")}
     if columns["path"] == columns["label"]:
-        raise UserError(f"--data {spec}: {path}: the path and the label cannot both be column {header[columns['path']]!r}")
+        raise UserError(
+            f"--data {spec}: {path}: the path and the label cannot both be column {header[columns['path']]!r}"
+        )
 
     base = str(path.resolve().parent)
     filt = FileFilter(options.exclude, options.keep_masks)
@@ -85,8 +101,10 @@ def open_manifest(spec: str, options: DataOptions | None = None, seed: int = 0) 
             value = row[columns["split"]].strip()
             split = split_name(value) or ""
             if not split:  # a typo in a split column is never a row to drop: it would move files silently
-                raise UserError(f"--data {spec}: {path} line {line}: unknown split {value!r} in column "
-                                f"{header[columns['split']]!r} (expected {'|'.join(SPLIT_ALIASES)})")
+                raise UserError(
+                    f"--data {spec}: {path} line {line}: unknown split {value!r} in column "
+                    f"{header[columns['split']]!r} (expected {'|'.join(SPLIT_ALIASES)})"
+                )
         if not rel:
             bad.append((line, f"empty path in column {header[columns['path']]!r}"))
             continue
@@ -108,8 +126,7 @@ def open_manifest(spec: str, options: DataOptions | None = None, seed: int = 0) 
         if not options.skip_bad_rows:
             more = f"; {len(bad) - 1} more bad row(s)" if len(bad) > 1 else ""
             raise UserError(f"--data {spec}: {first}{more} (--skip-bad-rows drops them)")
-        warnings.insert(0, f"skipped {len(bad)} bad row(s) of {len(rows)} (--skip-bad-rows), "
-                           f"first: {first}")
+        warnings.insert(0, f"skipped {len(bad)} bad row(s) of {len(rows)} (--skip-bad-rows), first: {first}")
     filt.check_not_empty(len(kept), spec)
     if not kept:
         raise UserError(f"--data {spec}: {path} lists no images")
@@ -123,17 +140,31 @@ def open_manifest(spec: str, options: DataOptions | None = None, seed: int = 0) 
         if members:
             given[name or "train"] = ([f for f, _ in members], np.array([k for _, k in members], dtype=np.int64))
     if "train" not in given:
-        raise UserError(f"--data {spec}: {path}: no row has the split train (column "
-                        f"{header[columns['split']]!r})")
+        raise UserError(f"--data {spec}: {path}: no row has the split train (column {header[columns['split']]!r})")
     split_seed = options.split_seed if options.split_seed is not None else seed
     given, made = complete_splits(given, classes, options.val_fraction, options.test_fraction, split_seed, spec)
-    splits = {s: RawSplit(labels=torch.from_numpy(given[s][1]), files=given[s][0])
-              for s in ("train", "val", "test") if s in given}
+    splits = {
+        s: RawSplit(labels=torch.from_numpy(given[s][1]), files=given[s][0])
+        for s in ("train", "val", "test")
+        if s in given
+    }
     named = ", ".join(f"{k}={header[c]}" for k, c in columns.items() if c is not None)
-    details = {"layout": f"manifest ({named})", "split": made, "rows": len(rows), "skipped_rows": len(bad),
-               **filt.report(), "warnings": warnings}
-    return Source(name=manifest_name(path), spec=spec, classes=classes, native_shape=file_shape(splits["train"].files[0], spec),
-                  splits=splits, details=details)
+    details = {
+        "layout": f"manifest ({named})",
+        "split": made,
+        "rows": len(rows),
+        "skipped_rows": len(bad),
+        **filt.report(),
+        "warnings": warnings,
+    }
+    return Source(
+        name=manifest_name(path),
+        spec=spec,
+        classes=classes,
+        native_shape=file_shape(splits["train"].files[0], spec),
+        splits=splits,
+        details=details,
+    )
 
 
 def manifest_name(path: Path) -> str:
@@ -142,7 +173,9 @@ def manifest_name(path: Path) -> str:
     return path.resolve().parent.name if path.stem.lower() in generic and path.resolve().parent.name else path.stem
 
 
-def _read_rows(path: Path, spec: str, sep: str | None, kind: str | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def _read_rows(
+    path: Path, spec: str, sep: str | None, kind: str | None
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, cells)]) of the manifest; blank lines are skipped, line numbers are 1-based."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark from Excel
@@ -193,8 +226,10 @@ def _column(key: str, given: str | None, header: list[str], rows: list, path: Pa
             values = [r[i].strip().lower() for _, r in rows[:50] if i < len(r) and r[i].strip()]
             if values and all(v.endswith(_IMAGE_SUFFIXES) for v in values):
                 return i
-    raise UserError(f"--data {spec}: {path}: cannot tell which column holds the {key}s (columns: {listing}); "
-                    f"name it: csv:{path}?{key}=COLUMN")
+    raise UserError(
+        f"--data {spec}: {path}: cannot tell which column holds the {key}s (columns: {listing}); "
+        f"name it: csv:{path}?{key}=COLUMN"
+    )
 
 
 def _locate(base: str, rel: str) -> str | None:

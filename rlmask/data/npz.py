@@ -19,26 +19,66 @@ from rlmask.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
-_ORGANS = ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-           "lung-left", "lung-right", "pancreas", "spleen"]
+_ORGANS = [
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+]
 
 # Official class names of the MedMNIST 2D multi-class datasets, in label order.
 MEDMNIST_CLASSES: dict[str, list[str]] = {
-    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
-                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
-    "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-                   "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
-                   "vascular lesions"],
+    "pathmnist": [
+        "adipose",
+        "background",
+        "debris",
+        "lymphocytes",
+        "mucus",
+        "smooth muscle",
+        "normal colon mucosa",
+        "cancer-associated stroma",
+        "colorectal adenocarcinoma epithelium",
+    ],
+    "dermamnist": [
+        "actinic keratoses and intraepithelial carcinoma",
+        "basal cell carcinoma",
+        "benign keratosis-like lesions",
+        "dermatofibroma",
+        "melanoma",
+        "melanocytic nevi",
+        "vascular lesions",
+    ],
     "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
     "pneumoniamnist": ["normal", "pneumonia"],
     "retinamnist": ["0", "1", "2", "3", "4"],
     "breastmnist": ["malignant", "normal, benign"],
-    "bloodmnist": ["basophil", "eosinophil", "erythroblast",
-                   "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte",
-                   "monocyte", "neutrophil", "platelet"],
-    "tissuemnist": ["Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule",
-                    "Glomerular endothelial cells", "Interstitial endothelial cells", "Leukocytes", "Podocytes",
-                    "Proximal Tubule Segments", "Thick Ascending Limb"],
+    "bloodmnist": [
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    ],
+    "tissuemnist": [
+        "Collecting Duct, Connecting Tubule",
+        "Distal Convoluted Tubule",
+        "Glomerular endothelial cells",
+        "Interstitial endothelial cells",
+        "Leukocytes",
+        "Podocytes",
+        "Proximal Tubule Segments",
+        "Thick Ascending Limb",
+    ],
     "organamnist": _ORGANS,
     "organcmnist": _ORGANS,
     "organsmnist": _ORGANS,
@@ -86,8 +126,10 @@ def open_npz(path: Path, spec: str, name: str | None = None) -> Source:
         raise
     except ValueError as err:
         if "allow_pickle" in str(err):  # an object array: loading it would unpickle Python objects
-            fail(f"{path} holds an object array (pickled Python objects), which rlmask never loads; store images, "
-                 "labels and classes as plain numeric or string arrays")
+            fail(
+                f"{path} holds an object array (pickled Python objects), which rlmask never loads; store images, "
+                "labels and classes as plain numeric or string arrays"
+            )
         fail(unreadable)
     except _READ_ERRORS:
         fail(unreadable)
@@ -97,8 +139,10 @@ def open_npz(path: Path, spec: str, name: str | None = None) -> Source:
         shape, dtype = shapes[s]
         ok_shape = len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))
         if not ok_shape or dtype != np.uint8:
-            fail(f"{s}_images has shape {tuple(shape)} and dtype {dtype}: "
-                 "expected uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3)")
+            fail(
+                f"{s}_images has shape {tuple(shape)} and dtype {dtype}: "
+                "expected uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3)"
+            )
         hwc = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)
         if native is not None and hwc != native:
             fail(f"{s}_images has image shape {hwc} but train_images has {native}")
@@ -121,6 +165,7 @@ def open_npz(path: Path, spec: str, name: str | None = None) -> Source:
                     return z[f"{split}_images"]
             except _READ_ERRORS:
                 fail(unreadable)
+
         return read
 
     splits = {s: RawSplit(labels=torch.from_numpy(labels[s]), read=reader(s)) for s in SPLITS}

@@ -19,23 +19,42 @@ from rlmask.errors import UserError
 class DataOptions:
     """How image folders and CSV/TSV manifests are read (in-memory sources ignore these)."""
 
-    val_fraction: float = option(0.1, "share of each class held out for validation when the data has no val "
-                                      "split (of the training files when it has a test split)")
-    test_fraction: float = option(0.2, "share of each class held out for testing when the data has neither a val "
-                                       "nor a test split (0: no test split)")
+    val_fraction: float = option(
+        0.1,
+        "share of each class held out for validation when the data has no val "
+        "split (of the training files when it has a test split)",
+    )
+    test_fraction: float = option(
+        0.2,
+        "share of each class held out for testing when the data has neither a val nor a test split (0: no test split)",
+    )
     split_seed: int | None = option(None, "seed of that split (default: the run's --seed)")
-    exclude: list[str] = option([], "leave out files matching this glob, case-insensitive, matched against the "
-                                    "path below the data folder and each trailing part of it (repeatable: "
-                                    "--exclude '*_mask.png' 'notumor/*')", metavar="GLOB")
-    keep_masks: bool = option(False, "use files named like segmentation masks (*_mask.*, *_mask_N.*, *_seg.*) as "
-                                     "images; by default they are left out with a warning")
-    skip_bad_rows: bool = option(False, "drop manifest rows whose file is missing or label empty (counted in the "
-                                        "log) instead of stopping with an error")
-    window: str | None = option(None, "DICOM intensity window CENTER,WIDTH after rescale slope/intercept "
-                                      "(default: the file's own window, else its min-max)", metavar="C,W")
+    exclude: list[str] = option(
+        [],
+        "leave out files matching this glob, case-insensitive, matched against the "
+        "path below the data folder and each trailing part of it (repeatable: "
+        "--exclude '*_mask.png' 'notumor/*')",
+        metavar="GLOB",
+    )
+    keep_masks: bool = option(
+        False,
+        "use files named like segmentation masks (*_mask.*, *_mask_N.*, *_seg.*) as "
+        "images; by default they are left out with a warning",
+    )
+    skip_bad_rows: bool = option(
+        False,
+        "drop manifest rows whose file is missing or label empty (counted in the "
+        "log) instead of stopping with an error",
+    )
+    window: str | None = option(
+        None,
+        "DICOM intensity window CENTER,WIDTH after rescale slope/intercept "
+        "(default: the file's own window, else its min-max)",
+        metavar="C,W",
+    )
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DataOptions":
+    def from_config(cls, cfg: Any) -> DataOptions:
         """The options carried, under the same names, by another config (e.g. ``TrainConfig``)."""
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
 
@@ -46,8 +65,10 @@ class DataOptions:
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
-            raise UserError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction}: "
-                            "together they must leave some training images (sum below 1)")
+            raise UserError(
+                f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction}: "
+                "together they must leave some training images (sum below 1)"
+            )
         for pattern in self.exclude:
             if not pattern.strip():
                 raise UserError("--exclude: empty pattern")

@@ -43,9 +43,17 @@ def is_packed(path: Path) -> bool:
     return (path / META).is_file() and not any(p.is_dir() for p in path.iterdir())
 
 
-def pack_folder(src: str, out: Path, image_size: int, channels: int | None = None, shard_size: int = 50_000,
-                num_workers: int = 0, progress: bool = False, options: DataOptions | None = None,
-                seed: int = 0) -> dict:
+def pack_folder(
+    src: str,
+    out: Path,
+    image_size: int,
+    channels: int | None = None,
+    shard_size: int = 50_000,
+    num_workers: int = 0,
+    progress: bool = False,
+    options: DataOptions | None = None,
+    seed: int = 0,
+) -> dict:
     """Decode and resize every image of the image folder or manifest ``src`` once and write the pack ``out``.
 
     channels None -> the channels of the first training image. ``options`` and ``seed`` read ``src`` as
@@ -73,8 +81,9 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
     elif root.is_dir() and not is_packed(root):
         source = open_folder(root, src, cache_dir=None, options=options, seed=seed)  # walked once anyway
     else:
-        raise UserError(f"{src}: not an image folder (class folders, optionally inside train/, val/, test/) "
-                        "or a .csv/.tsv manifest")
+        raise UserError(
+            f"{src}: not an image folder (class folders, optionally inside train/, val/, test/) or a .csv/.tsv manifest"
+        )
     c = channels or source.native_shape[2]
 
     # The whole layout (and so meta.json) follows from the file lists; decoding only fills it in.
@@ -84,12 +93,23 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
         starts = range(0, n, shard_size)
         shards = [{"file": f"{split}-{k:05d}.npy", "count": min(shard_size, n - s)} for k, s in enumerate(starts)]
         splits[split] = {"count": n, "shards": shards, "labels_file": f"{split}-labels.npy"}
-        tasks += [(shard, i, raw.files[s + i:s + min(i + _CHUNK, shard["count"])])
-                  for shard, s in zip(shards, starts) for i in range(0, shard["count"], _CHUNK)]
-    meta = {"format": FORMAT, "version": VERSION, "name": source.name, "source": str(src),
-            "classes": source.classes, "image_size": image_size, "channels": c,
-            "native_shape": list(source.native_shape), "splits": splits,
-            "read": source.details}  # layout, split made, exclusions, warnings
+        tasks += [
+            (shard, i, raw.files[s + i : s + min(i + _CHUNK, shard["count"])])
+            for shard, s in zip(shards, starts)
+            for i in range(0, shard["count"], _CHUNK)
+        ]
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": source.name,
+        "source": str(src),
+        "classes": source.classes,
+        "image_size": image_size,
+        "channels": c,
+        "native_shape": list(source.native_shape),
+        "splits": splits,
+        "read": source.details,
+    }  # layout, split made, exclusions, warnings
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -111,9 +131,10 @@ def pack_folder(src: str, out: Path, image_size: int, channels: int | None = Non
                     if array is not None:
                         array.flush()
                     name = shard["file"]
-                    array = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.uint8,
-                                                      shape=(shard["count"], c, image_size, image_size))
-                array[row:row + len(x)] = x
+                    array = np.lib.format.open_memmap(
+                        tmp / name, mode="w+", dtype=np.uint8, shape=(shard["count"], c, image_size, image_size)
+                    )
+                array[row : row + len(x)] = x
                 bar.update(len(x))
             if array is not None:
                 array.flush()
@@ -152,8 +173,10 @@ def open_packed(root: Path, spec: str) -> Source:
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             fail(f"{meta_path} is not an {FORMAT} version {VERSION} description")
         classes, size, c = [str(k) for k in meta["classes"]], int(meta["image_size"]), int(meta["channels"])
-        layout = {s: (int(v["count"]), [(str(sh["file"]), int(sh["count"])) for sh in v["shards"]],
-                      str(v["labels_file"])) for s, v in meta["splits"].items()}
+        layout = {
+            s: (int(v["count"]), [(str(sh["file"]), int(sh["count"])) for sh in v["shards"]], str(v["labels_file"]))
+            for s, v in meta["splits"].items()
+        }
         name = str(meta["name"])
         native = [int(v) for v in meta.get("native_shape", [size, size, c])]
     except UserError:
@@ -172,8 +195,12 @@ def open_packed(root: Path, spec: str) -> Source:
         if count and (labels.min() < 0 or labels.max() >= len(classes)):
             fail(f"{root / labels_file}: labels out of range for {len(classes)} classes")
         splits[split] = RawSplit(labels=torch.from_numpy(labels), shards=shards)
-    details = {"layout": "pack", "packed_shape": [size, size, c], "packed_from_native_shape": native,
-               "packed_from": str(meta.get("source", ""))}
+    details = {
+        "layout": "pack",
+        "packed_shape": [size, size, c],
+        "packed_from_native_shape": native,
+        "packed_from": str(meta.get("source", "")),
+    }
     return Source(name=name, spec=spec, classes=classes, native_shape=(size, size, c), splits=splits, details=details)
 
 

@@ -106,8 +106,11 @@ class Split:
             if isinstance(old, PackedPart):
                 parts.append(old.subset(local))
                 continue
-            parts.append(_MemoryPart(old.images[local]) if isinstance(old, _MemoryPart)
-                         else _FolderPart([old.files[i] for i in local.tolist()], old.spec, old.size, old.window))
+            parts.append(
+                _MemoryPart(old.images[local])
+                if isinstance(old, _MemoryPart)
+                else _FolderPart([old.files[i] for i in local.tolist()], old.spec, old.size, old.window)
+            )
         return Split(parts, self.labels[index], self.channels, self.image_size)
 
 
@@ -129,8 +132,15 @@ def class_balanced_subset(labels: torch.Tensor, per_class: int | None, generator
 class Pool:
     """Union of the sources given with ``--data``: classes, channels, image size and splits."""
 
-    def __init__(self, sources: list[Source], names: list[str], classes: list[str], channels: int,
-                 image_size: int, splits: dict[str, Split]):
+    def __init__(
+        self,
+        sources: list[Source],
+        names: list[str],
+        classes: list[str],
+        channels: int,
+        image_size: int,
+        splits: dict[str, Split],
+    ):
         self._sources = sources
         self.sources = names
         self.classes = classes
@@ -155,8 +165,13 @@ class Pool:
         every file's header)."""
         sources = []
         for n, s in zip(self.sources, self._sources):
-            entry = {"name": n, "spec": s.spec, "num_classes": len(s.classes), "native_shape": list(s.native_shape),
-                     **s.details}
+            entry = {
+                "name": n,
+                "spec": s.spec,
+                "num_classes": len(s.classes),
+                "native_shape": list(s.native_shape),
+                **s.details,
+            }
             files = [f for raw in s.splits.values() if raw.files is not None for f in raw.files]
             if colours and files:
                 entry["colours"] = colour_counts(files, s.spec, progress)
@@ -167,15 +182,25 @@ class Pool:
             "channels": self.channels,
             "image_size": self.image_size,
             "sources": sources,
-            "splits": {name: {"count": len(split),
-                              "per_class": dict(zip(self.classes, torch.bincount(
-                                  split.labels, minlength=len(self.classes)).tolist()))}
-                       for name, split in self.splits.items()},
+            "splits": {
+                name: {
+                    "count": len(split),
+                    "per_class": dict(
+                        zip(self.classes, torch.bincount(split.labels, minlength=len(self.classes)).tolist())
+                    ),
+                }
+                for name, split in self.splits.items()
+            },
         }
 
 
-def open_source(spec: str, cache_dir: str | Path | None = None, progress: bool = False,
-                options: DataOptions | None = None, seed: int = 0) -> Source:
+def open_source(
+    spec: str,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    options: DataOptions | None = None,
+    seed: int = 0,
+) -> Source:
     """The :class:`Source` named by one ``--data`` spec (validated, images not read yet).
 
     ``options`` and ``seed`` matter to image folders and manifests only (see :func:`build_pool`).
@@ -195,13 +220,22 @@ def open_source(spec: str, cache_dir: str | Path | None = None, progress: bool =
         return open_folder(path, spec, cache_root(cache_dir), options, seed)
     if path.exists():
         raise UserError(f"--data {spec}: not a .npz file or an image folder (nor a .csv/.tsv manifest)")
-    raise UserError(f"--data {spec}: not found (expected a .npz file, an image folder, a .csv/.tsv manifest, "
-                    "'synthetic[:key=value,...]' or 'medmnist:NAME[@SIZE]')")
+    raise UserError(
+        f"--data {spec}: not found (expected a .npz file, an image folder, a .csv/.tsv manifest, "
+        "'synthetic[:key=value,...]' or 'medmnist:NAME[@SIZE]')"
+    )
 
 
-def build_pool(specs: list[str], image_size: int | None = None, channels: int | None = None,
-               cache_dir: str | Path | None = None, progress: bool = False, options: DataOptions | None = None,
-               seed: int = 0, warn: bool = True) -> Pool:
+def build_pool(
+    specs: list[str],
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    options: DataOptions | None = None,
+    seed: int = 0,
+    warn: bool = True,
+) -> Pool:
     """Open every ``--data`` spec and build the pool.
 
     image_size None -> the largest native side among the sources; channels None -> 3 if any source is

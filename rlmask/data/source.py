@@ -42,8 +42,9 @@ class Source:
     details: dict = field(default_factory=dict)
 
 
-def resize_images(images: np.ndarray | torch.Tensor, channels: int, size: int,
-                  chunk_bytes: int = 1 << 26) -> torch.Tensor:
+def resize_images(
+    images: np.ndarray | torch.Tensor, channels: int, size: int, chunk_bytes: int = 1 << 26
+) -> torch.Tensor:
     """uint8 (N, H, W[, C]) -> uint8 (N, c, size, size), resized once for the whole split.
 
     RGB becomes grey by luminance when ``channels == 1``; grey stays one channel (the pool repeats it
@@ -60,10 +61,10 @@ def resize_images(images: np.ndarray | torch.Tensor, channels: int, size: int,
     step = max(1, chunk_bytes // (4 * c * max(h * w, size * size)))
     luma = torch.tensor(LUMA).view(1, 3, 1, 1)
     for i in range(0, n, step):
-        xb = x[i:i + step].permute(0, 3, 1, 2).float()  # (b, C, H, W)
+        xb = x[i : i + step].permute(0, 3, 1, 2).float()  # (b, C, H, W)
         if out_c != c:
             xb = (xb * luma).sum(1, keepdim=True)  # (b, 1, H, W)
         if (h, w) != (size, size):
             xb = F.interpolate(xb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i:i + step] = xb.round_().clamp_(0, 255).to(torch.uint8)
+        out[i : i + step] = xb.round_().clamp_(0, 255).to(torch.uint8)
     return out

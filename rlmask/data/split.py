@@ -15,9 +15,15 @@ import numpy as np
 from rlmask.errors import UserError
 
 # What datasets call their splits, case-insensitive: name on disk / in a column -> rlmask's split.
-SPLIT_ALIASES = {"train": "train", "training": "train",
-                 "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def split_name(text: str) -> str | None:
@@ -40,8 +46,9 @@ def held_out_counts(n: int, fractions: list[float]) -> list[int]:
     return counts
 
 
-def stratified_split(labels: np.ndarray, classes: list[str], fractions: dict[str, float], seed: int,
-                     rest: str = "train") -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, classes: list[str], fractions: dict[str, float], seed: int, rest: str = "train"
+) -> dict[str, np.ndarray]:
     """Indices (sorted int64 arrays) of each split: ``fractions`` of every class, the rest in ``rest``.
 
     ``labels`` (N,) are indices into ``classes`` of samples in a fixed (sorted) order; the held-out
@@ -58,16 +65,21 @@ def stratified_split(labels: np.ndarray, classes: list[str], fractions: dict[str
         members = members[rng.permutation(len(members))]
         start = 0
         for name, count in zip(names, held_out_counts(len(members), [fractions[n] for n in names])):
-            taken[name].append(members[start:start + count])
+            taken[name].append(members[start : start + count])
             start += count
         taken[rest].append(members[start:])
     out = {name: np.sort(np.concatenate(parts)) for name, parts in taken.items() if parts}
     return {name: idx for name, idx in out.items() if len(idx)}
 
 
-def complete_splits(given: dict[str, tuple[list[str], np.ndarray]], classes: list[str], val_fraction: float,
-                    test_fraction: float, seed: int, spec: str) -> tuple[dict[str, tuple[list[str], np.ndarray]],
-                                                                         dict | None]:
+def complete_splits(
+    given: dict[str, tuple[list[str], np.ndarray]],
+    classes: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    spec: str,
+) -> tuple[dict[str, tuple[list[str], np.ndarray]], dict | None]:
     """Fill in the splits a dataset does not have, from its training files.
 
     ``given``: split -> (files sorted in a fixed order, labels (N,) into ``classes``). No val: val is split
@@ -77,19 +89,26 @@ def complete_splits(given: dict[str, tuple[list[str], np.ndarray]], classes: lis
     if "val" in given:
         return given, None
     if val_fraction <= 0:
-        raise UserError(f"--val-fraction {val_fraction}: --data {spec} has no val split to use, so this must be "
-                        "positive")
-    fractions = {"val": val_fraction} if "test" in given or test_fraction <= 0 else \
-        {"test": test_fraction, "val": val_fraction}
+        raise UserError(
+            f"--val-fraction {val_fraction}: --data {spec} has no val split to use, so this must be positive"
+        )
+    fractions = (
+        {"val": val_fraction} if "test" in given or test_fraction <= 0 else {"test": test_fraction, "val": val_fraction}
+    )
     files, labels = given["train"]
     parts = stratified_split(labels, classes, fractions, seed)
     if "val" not in parts:
-        raise UserError(f"--data {spec}: too few training images to split off a val split "
-                        "(a class needs at least 2 images)")
+        raise UserError(
+            f"--data {spec}: too few training images to split off a val split (a class needs at least 2 images)"
+        )
     out = dict(given)
     for name, idx in parts.items():
         out[name] = ([files[i] for i in idx.tolist()], labels[idx])
-    record = {"seed": seed, "from": "train files" if "test" in given else "all files", "made": [n for n in fractions if n in out],
-              **{f"{name}_fraction": f for name, f in fractions.items()},
-              "counts": {name: len(out[name][0]) for name in ("train", "val", "test") if name in out}}
+    record = {
+        "seed": seed,
+        "from": "train files" if "test" in given else "all files",
+        "made": [n for n in fractions if n in out],
+        **{f"{name}_fraction": f for name, f in fractions.items()},
+        "counts": {name: len(out[name][0]) for name in ("train", "val", "test") if name in out},
+    }
     return out, record

@@ -21,11 +21,21 @@ from rlmask.runtime import derive_seed
 MODALITIES = ("ct", "mri", "xray", "us", "path")
 ORGANS = ("disc", "ring", "bar", "cross", "triangle", "blob")
 DEFAULTS = {"n": 64, "size": 32, "seed": 0, "modalities": 3, "organs": 4}
-_LIMITS = {"n": (1, 1_000_000), "size": (8, 1024), "seed": (0, 2**63 - 1),
-           "modalities": (1, len(MODALITIES)), "organs": (1, len(ORGANS))}
+_LIMITS = {
+    "n": (1, 1_000_000),
+    "size": (8, 1024),
+    "seed": (0, 2**63 - 1),
+    "modalities": (1, len(MODALITIES)),
+    "organs": (1, len(ORGANS)),
+}
 # (background, foreground, gamma) per modality; noise is in _render.
-_LEVELS = {"ct": (0.15, 0.65, 1.0), "mri": (0.05, 0.75, 0.8), "xray": (0.7, 0.3, 1.6),
-           "us": (0.25, 0.55, 1.0), "path": (0.85, 0.45, 1.2)}
+_LEVELS = {
+    "ct": (0.15, 0.65, 1.0),
+    "mri": (0.05, 0.75, 0.8),
+    "xray": (0.7, 0.3, 1.6),
+    "us": (0.25, 0.55, 1.0),
+    "path": (0.85, 0.45, 1.2),
+}
 _EXTENT = 1.3  # organ templates span [-1.3, 1.3] in shape units (shapes reach radius 1)
 
 
@@ -51,28 +61,28 @@ def parse_synthetic(spec: str) -> dict[str, int]:
 def open_synthetic(spec: str) -> Source:
     """The synthetic :class:`Source` for ``spec``; images are generated when the pool reads them."""
     o = parse_synthetic(spec)
-    classes = [f"{m}/{g}" for m in MODALITIES[:o["modalities"]] for g in ORGANS[:o["organs"]]]
+    classes = [f"{m}/{g}" for m in MODALITIES[: o["modalities"]] for g in ORGANS[: o["organs"]]]
     counts = {"train": o["n"], "val": max(8, o["n"] // 4), "test": max(8, o["n"] // 4)}
     splits = {}
     for i, (split, n) in enumerate(counts.items()):
         labels = torch.arange(len(classes)).repeat_interleave(n)  # (N,) class-major
         seed = derive_seed(o["seed"], i)
         splits[split] = RawSplit(labels=labels, read=_reader(labels, o["organs"], o["size"], seed))
-    return Source(name="synthetic", spec=spec, classes=classes, native_shape=(o["size"], o["size"], 1),
-                  splits=splits)
+    return Source(name="synthetic", spec=spec, classes=classes, native_shape=(o["size"], o["size"], 1), splits=splits)
 
 
 def _reader(labels: torch.Tensor, organs: int, size: int, seed: int):
     return lambda: synthesize(labels // organs, labels % organs, size, torch.Generator().manual_seed(seed))
 
 
-def synthesize(modality: torch.Tensor, organ: torch.Tensor, size: int, generator: torch.Generator,
-               chunk: int | None = None) -> torch.Tensor:
+def synthesize(
+    modality: torch.Tensor, organ: torch.Tensor, size: int, generator: torch.Generator, chunk: int | None = None
+) -> torch.Tensor:
     """uint8 (N, size, size) images for per-image modality and organ indices (N,), deterministic."""
     chunk = chunk or max(1, (1 << 22) // (size * size))  # bounds memory at large sizes
     out = torch.empty((len(modality), size, size), dtype=torch.uint8)
     for i in range(0, len(modality), chunk):
-        out[i:i + chunk] = _render(modality[i:i + chunk], organ[i:i + chunk], size, generator)
+        out[i : i + chunk] = _render(modality[i : i + chunk], organ[i : i + chunk], size, generator)
     return out
 
 
@@ -83,14 +93,16 @@ def _templates(size: int) -> torch.Tensor:
     v, u = torch.meshgrid(lin, lin, indexing="ij")  # (T, T)
     au, av, r = u.abs(), v.abs(), torch.hypot(u, v)
     # Signed distance (approximate, in shape units): negative inside.
-    sdf = torch.stack([
-        r - 1,  # disc
-        (r - 0.7).abs() - 0.3,  # ring
-        torch.maximum(au - 1, av - 0.3),  # bar
-        torch.minimum(torch.maximum(au - 1, av - 0.28), torch.maximum(au - 0.28, av - 1)),  # cross
-        torch.maximum(au * 0.866 + v * 0.5, -v) - 0.55,  # triangle
-        r - (0.75 + 0.25 * torch.cos(3 * torch.atan2(v, u))),  # blob (three lobes)
-    ])
+    sdf = torch.stack(
+        [
+            r - 1,  # disc
+            (r - 0.7).abs() - 0.3,  # ring
+            torch.maximum(au - 1, av - 0.3),  # bar
+            torch.minimum(torch.maximum(au - 1, av - 0.28), torch.maximum(au - 0.28, av - 1)),  # cross
+            torch.maximum(au * 0.866 + v * 0.5, -v) - 0.55,  # triangle
+            r - (0.75 + 0.25 * torch.cos(3 * torch.atan2(v, u))),  # blob (three lobes)
+        ]
+    )
     return torch.sigmoid(-sdf * t / (2 * _EXTENT)).unsqueeze(1)  # edge about one template pixel wide
 
 
@@ -112,12 +124,16 @@ def _render(modality: torch.Tensor, organ: torch.Tensor, size: int, g: torch.Gen
     mask = torch.empty((n, size, size))
     for o in organ.unique().tolist():
         sel = (organ == o).nonzero()[:, 0]
-        mask[sel] = F.grid_sample(templates[o:o + 1].expand(len(sel), -1, -1, -1), grid[sel],
-                                  mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+        mask[sel] = F.grid_sample(
+            templates[o : o + 1].expand(len(sel), -1, -1, -1),
+            grid[sel],
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )[:, 0]
 
     def lowfreq(k: int, cells: int) -> torch.Tensor:  # (k, S, S) smooth noise, unit-ish amplitude
-        return F.interpolate(randn(k, 1, cells, cells), size=(size, size), mode="bicubic",
-                             align_corners=False)[:, 0]
+        return F.interpolate(randn(k, 1, cells, cells), size=(size, size), mode="bicubic", align_corners=False)[:, 0]
 
     img = torch.empty((n, size, size))
     for m, name in enumerate(MODALITIES):

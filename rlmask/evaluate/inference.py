@@ -43,8 +43,17 @@ def predict_split(
     rank, world = runtime.rank(), runtime.world_size()
     was_training = model.training
     model.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device,
-                         rank=rank, world_size=world, num_workers=num_workers)
+    loader = BatchLoader(
+        split,
+        batch_size,
+        shuffle=False,
+        seed=0,
+        drop_last=False,
+        device=device,
+        rank=rank,
+        world_size=world,
+        num_workers=num_workers,
+    )
     probs = []
     batches = loader.epoch(0)
     if progress:
@@ -79,34 +88,59 @@ def _checkpoint_fits(model: nn.Module, meta: dict, classes: list[str], path, dat
     """A one-line error when a checkpoint's classes do not match the data it is evaluated on."""
     head = getattr(model, "num_classes", None) or model.get_classifier().out_features
     if meta.get("classes") is not None and list(meta["classes"]) != list(classes):
-        raise UserError(f"checkpoint {path} does not fit --data {' '.join(data_specs)}: it was trained on "
-                        f"{len(meta['classes'])} classes ({', '.join(meta['classes'][:3])}, ...), the data has "
-                        f"{len(classes)} ({', '.join(classes[:3])}, ...)")
+        raise UserError(
+            f"checkpoint {path} does not fit --data {' '.join(data_specs)}: it was trained on "
+            f"{len(meta['classes'])} classes ({', '.join(meta['classes'][:3])}, ...), the data has "
+            f"{len(classes)} ({', '.join(classes[:3])}, ...)"
+        )
     if head != len(classes):
-        raise UserError(f"checkpoint {path} does not fit --data {' '.join(data_specs)}: "
-                        f"its head has {head} classes, the data has {len(classes)}")
+        raise UserError(
+            f"checkpoint {path} does not fit --data {' '.join(data_specs)}: "
+            f"its head has {head} classes, the data has {len(classes)}"
+        )
 
 
-def evaluate_checkpoint(path, data_specs: list[str], *, split: str = "test", model_name: str | None = None,
-                        batch_size: int = 256, device: str = "auto", amp: bool | None = None, cache_dir=None,
-                        trust: bool = False) -> dict:
+def evaluate_checkpoint(
+    path,
+    data_specs: list[str],
+    *,
+    split: str = "test",
+    model_name: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: bool | None = None,
+    cache_dir=None,
+    trust: bool = False,
+) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
 
     model, meta = load_classifier(path, model_name, trust=trust)
     # Data without fixed splits is split as in training (the run's seed and split options), so the test
     # split scored here is the one the model never saw.
     run = meta.get("config") or {}
-    pool = build_pool(data_specs, meta.get("image_size"), meta.get("channels"), cache_dir=cache_dir,
-                      options=DataOptions(**{k: v for k, v in run.items() if k in DATA_OPTION_NAMES}),
-                      seed=run.get("seed", 0))
+    pool = build_pool(
+        data_specs,
+        meta.get("image_size"),
+        meta.get("channels"),
+        cache_dir=cache_dir,
+        options=DataOptions(**{k: v for k, v in run.items() if k in DATA_OPTION_NAMES}),
+        seed=run.get("seed", 0),
+    )
     if split not in pool.splits:
         raise UserError(f"--split {split}: the data has no {split} split (has {', '.join(pool.splits)})")
     _checkpoint_fits(model, meta, pool.classes, path, data_specs)
     dev = runtime.pick_device(device)
     model.to(dev)
     transform = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
-    return evaluate_split(model, pool.splits[split], pool.classes, transform, batch_size=batch_size, device=dev,
-                          amp=runtime.resolve_amp(amp, dev))
+    return evaluate_split(
+        model,
+        pool.splits[split],
+        pool.classes,
+        transform,
+        batch_size=batch_size,
+        device=dev,
+        amp=runtime.resolve_amp(amp, dev),
+    )
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -126,9 +160,19 @@ def _image_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(path, inputs: list[str], out, *, model_name: str | None = None, batch_size: int = 256,
-                  device: str = "auto", image_size: int | None = None, amp: bool | None = None,
-                  trust: bool = False, overwrite: bool = False) -> int:
+def predict_files(
+    path,
+    inputs: list[str],
+    out,
+    *,
+    model_name: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    image_size: int | None = None,
+    amp: bool | None = None,
+    trust: bool = False,
+    overwrite: bool = False,
+) -> int:
     """Write ``out`` (CSV: path, prediction, one probability column per class); returns the row count.
 
     ``out`` is checked before any work: an existing file is kept unless ``overwrite``.
@@ -151,7 +195,7 @@ def predict_files(path, inputs: list[str], out, *, model_name: str | None = None
     files = _image_files(inputs)
     rows = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         x = torch.stack([decode_image(str(f), meta["channels"], size, None) for f in chunk]).to(dev)
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             probs = model(transform(x, None)).float().softmax(dim=1).cpu()

@@ -47,9 +47,7 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def classification_metrics(
-    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None
-) -> dict:
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     """Metrics of class scores ``probs`` (N, K) against integer ``labels`` (N,), as plain Python types.
 
     Keys: accuracy; balanced_accuracy (mean recall over the classes present in labels, sklearn's
@@ -96,7 +94,8 @@ def classification_metrics(
             warnings.filterwarnings("ignore", message="A single label was found")
             cm = confusion_matrix(labels, pred, labels=classes)
             precision, recall, f1, support = precision_recall_fscore_support(
-                labels, pred, labels=classes, average=None, zero_division=0)
+                labels, pred, labels=classes, average=None, zero_division=0
+            )
             accuracy = float(accuracy_score(labels, pred))
             balanced = float(balanced_accuracy_score(labels, pred))
 

@@ -152,8 +152,10 @@ def paired_bootstrap(
     probs_a, probs_b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
     labels = np.asarray(labels)
     if probs_a.shape != probs_b.shape or probs_a.ndim != 2 or labels.shape != probs_a.shape[:1]:
-        raise ValueError(f"probs_a {probs_a.shape}, probs_b {probs_b.shape}, labels {labels.shape}: "
-                         "expected two (N, K) arrays of the same images and (N,) labels")
+        raise ValueError(
+            f"probs_a {probs_a.shape}, probs_b {probs_b.shape}, labels {labels.shape}: "
+            "expected two (N, K) arrays of the same images and (N,) labels"
+        )
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence: must lie in (0, 1), got {confidence}")
     if int(n_resamples) != n_resamples or n_resamples < 1:
@@ -163,8 +165,16 @@ def paired_bootstrap(
         raise ValueError(f"metric {metric_fn!r}: choose from {', '.join(BOOTSTRAP_METRICS)} or pass a function")
     fn = _as_callable(metric_fn)
     n = labels.shape[0]
-    result = {"metric": name, "difference": None, "low": None, "high": None, "confidence": confidence,
-              "n_resamples": int(n_resamples), "n_used": 0, "seed": seed}
+    result = {
+        "metric": name,
+        "difference": None,
+        "low": None,
+        "high": None,
+        "confidence": confidence,
+        "n_resamples": int(n_resamples),
+        "n_used": 0,
+        "seed": seed,
+    }
     if n == 0:
         return result
     a_full, b_full = fn(probs_a, labels), fn(probs_b, labels)
@@ -176,8 +186,9 @@ def paired_bootstrap(
     for start in range(0, int(n_resamples), _CHUNK):
         idx = rng.integers(0, n, size=(min(_CHUNK, n_resamples - start), n))
         if isinstance(metric_fn, str):
-            diffs.append(resampled_metric(metric_fn, probs_a, labels, idx)
-                         - resampled_metric(metric_fn, probs_b, labels, idx))
+            diffs.append(
+                resampled_metric(metric_fn, probs_a, labels, idx) - resampled_metric(metric_fn, probs_b, labels, idx)
+            )
         else:
             for row in idx:
                 a, b = fn(probs_a[row], labels[row]), fn(probs_b[row], labels[row])
@@ -216,8 +227,10 @@ def paired_seed_differences(
         pairs = [(s, method_values[s], plain_values[s]) for s in seeds]
     else:
         if len(method_values) != len(plain_values):
-            raise ValueError(f"method_values ({len(method_values)}) and plain_values ({len(plain_values)}): "
-                             "expected one value per seed in each")
+            raise ValueError(
+                f"method_values ({len(method_values)}) and plain_values ({len(plain_values)}): "
+                "expected one value per seed in each"
+            )
         pairs = list(zip(range(len(method_values)), method_values, plain_values))
     used = [(s, float(m) - float(p)) for s, m, p in pairs if m is not None and p is not None]
     differences = [d for _, d in used]

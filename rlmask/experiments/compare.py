@@ -53,19 +53,32 @@ class CompareConfig(TrainConfig):
     seeds: int = option(2, "number of seeds (0 .. seeds-1)")
     methods: list[str] = option(DEFAULT_METHODS, f"methods to compare: {', '.join(AGENTS)}", metavar="METHOD")
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
-    finetune_warmup: float = option(FINETUNE_WARMUP, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)")
+    finetune_warmup: float = option(
+        FINETUNE_WARMUP, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)"
+    )
     bootstrap_resamples: int = option(2000, "resamples of the paired bootstrap over the test images (per run)")
-    transfer_to: list[str] = option([], "unseen downstream task(s): after the in-domain runs, every method's final "
-                                    "backbone and plain's are transferred to each (paired by seed and subset)",
-                                    metavar="SPEC")
-    leave_out: str | None = option(None, "leave-one-source-out: pretrain on every --data source but this one, then "
-                                   "transfer to it (a --data spec, or its file name)", metavar="SPEC")
+    transfer_to: list[str] = option(
+        [],
+        "unseen downstream task(s): after the in-domain runs, every method's final "
+        "backbone and plain's are transferred to each (paired by seed and subset)",
+        metavar="SPEC",
+    )
+    leave_out: str | None = option(
+        None,
+        "leave-one-source-out: pretrain on every --data source but this one, then "
+        "transfer to it (a --data spec, or its file name)",
+        metavar="SPEC",
+    )
     shots: str = option("16,64,256", "transfer: training images per class of the downstream task (comma list, 'all')")
-    transfer_mode: list[str] = option(["linear"], "transfer: linear (frozen backbone) and/or finetune",
-                                      choices=["linear", "finetune"], metavar="MODE")
+    transfer_mode: list[str] = option(
+        ["linear"], "transfer: linear (frozen backbone) and/or finetune", choices=["linear", "finetune"], metavar="MODE"
+    )
     transfer_repeats: int = option(3, "transfer: subsets per shot count and seed")
-    method_option: list[str] = option([], "an option of one method, METHOD:NAME=VALUE (repeatable); a config file "
-                                      "may instead hold a section per method", metavar="METHOD:NAME=VALUE")
+    method_option: list[str] = option(
+        [],
+        "an option of one method, METHOD:NAME=VALUE (repeatable); a config file may instead hold a section per method",
+        metavar="METHOD:NAME=VALUE",
+    )
     # {method: {option: value}} from the config file's per-method sections and --method-option
     method_options: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method options"})
 
@@ -82,8 +95,10 @@ class CompareConfig(TrainConfig):
         if self.leave_out is not None:
             matches = [d for d in self.data if d == self.leave_out or Path(d).name == self.leave_out]
             if len(matches) != 1 or len(self.data) < 2:
-                raise UserError(f"--leave-out {self.leave_out}: must name exactly one of the --data sources "
-                                f"({', '.join(self.data)}), and at least one must remain")
+                raise UserError(
+                    f"--leave-out {self.leave_out}: must name exactly one of the --data sources "
+                    f"({', '.join(self.data)}), and at least one must remain"
+                )
         if self.transfer_to or self.leave_out:
             parse_shots(self.shots)
             if self.transfer_repeats < 1:
@@ -107,8 +122,10 @@ class CompareConfig(TrainConfig):
         # <<< a method pretraining without labels (reconstruct task) is scored after fine-tuning only
         unlabelled = [m for m in self.methods if get_agent(m).task != "classify"]
         if unlabelled and self.finetune_epochs == 0:
-            raise UserError(f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
-                            "fine-tuning epochs to be scored")  # >>>
+            raise UserError(
+                f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
+                "fine-tuning epochs to be scored"
+            )  # >>>
         self.method_options = options
 
 
@@ -121,12 +138,23 @@ def _agent_options(method: str, cfg: CompareConfig, values: dict | None = None) 
 
 def _train_fields(cfg: CompareConfig, skip: tuple[str, ...] = ()) -> dict:
     """The comparison's ``rlmask train`` options, shared by its sub-runs."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in PER_RUN + skip}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in PER_RUN + skip}
 
 
-REUSE_KEYS = ("data", "model", "epochs", "seed", "image_size", "lr", "batch_size", "method", "train_per_class",
-              "eval_per_class", "init", "agent")
+REUSE_KEYS = (
+    "data",
+    "model",
+    "epochs",
+    "seed",
+    "image_size",
+    "lr",
+    "batch_size",
+    "method",
+    "train_per_class",
+    "eval_per_class",
+    "init",
+    "agent",
+)
 
 
 def _run_once(run, run_cfg) -> dict:
@@ -139,8 +167,9 @@ def _run_once(run, run_cfg) -> dict:
         old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
         changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
         if changed:
-            raise UserError(f"--out: {out} holds a run with other options ({', '.join(changed)}); "
-                            "choose another --out or delete it")
+            raise UserError(
+                f"--out: {out} holds a run with other options ({', '.join(changed)}); choose another --out or delete it"
+            )
     if (out / "metrics.json").is_file():
         return read_json(out / "metrics.json", "--out: sub-run")
     if (out / "last.pt").is_file():
@@ -176,6 +205,8 @@ def _tta_scores(metrics: dict) -> dict:
     """``tta_METRIC`` of the pretraining run's test-time-augmentation view, where the agent has one."""
     split = metrics.get("test_tta") or metrics.get("val_tta")
     return {f"tta_{k}": split[k] for k in METRICS} if split else {}
+
+
 # --- end of APGA additions ------------------------------------------------------------------------------------
 
 
@@ -184,8 +215,9 @@ def run_comparison(cfg: CompareConfig) -> dict:
     cfg.validate()
     if cfg.leave_out:  # pretrain on the other sources, transfer to the one left out
         left = next(d for d in cfg.data if d == cfg.leave_out or Path(d).name == cfg.leave_out)
-        cfg = dataclasses.replace(cfg, data=[d for d in cfg.data if d != left], transfer_to=[*cfg.transfer_to, left],
-                                  leave_out=left)
+        cfg = dataclasses.replace(
+            cfg, data=[d for d in cfg.data if d != left], transfer_to=[*cfg.transfer_to, left], leave_out=left
+        )
     out = Path(cfg.out)
     start = time.perf_counter()
     total = cfg.epochs + cfg.finetune_epochs
@@ -194,7 +226,10 @@ def run_comparison(cfg: CompareConfig) -> dict:
     for seed in range(cfg.seeds):
         for method in cfg.methods:
             if method == "plain":
-                for label, epochs in ((f"plain ({total} ep)", total), (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs)):
+                for label, epochs in (
+                    (f"plain ({total} ep)", total),
+                    (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs),
+                ):
                     folder = out / ("plain" if epochs == total else "plain-short") / f"seed{seed}"
                     run_cfg = TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=epochs)
                     metrics = _run_once(fit, run_cfg)
@@ -205,8 +240,14 @@ def run_comparison(cfg: CompareConfig) -> dict:
                 continue
             pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
             values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
-            pre_cfg = PretrainConfig(**_train_fields(cfg), seed=seed, out=str(pre_dir), epochs=cfg.epochs,
-                                     method=method, agent=_agent_options(method, cfg, values))
+            pre_cfg = PretrainConfig(
+                **_train_fields(cfg),
+                seed=seed,
+                out=str(pre_dir),
+                epochs=cfg.epochs,
+                method=method,
+                agent=_agent_options(method, cfg, values),
+            )
             pre_metrics = _run_once(pretrain, pre_cfg)
             row = {"seed": seed}
             if get_agent(method).task == "classify":  # a reconstruct task's heated model has no class scores
@@ -214,10 +255,18 @@ def run_comparison(cfg: CompareConfig) -> dict:
                 row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
             curve = read_jsonl(pre_dir / "log.jsonl")
             if cfg.finetune_epochs:
-                fine_metrics = _run_once(finetune, FinetuneConfig(
-                    **_train_fields(cfg, skip=FINETUNE_OWN), seed=seed, out=str(fine_dir), epochs=cfg.finetune_epochs,
-                    lr=cfg.finetune_lr, warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
-                    init=str(pre_dir / "heated.pt")))
+                fine_metrics = _run_once(
+                    finetune,
+                    FinetuneConfig(
+                        **_train_fields(cfg, skip=FINETUNE_OWN),
+                        seed=seed,
+                        out=str(fine_dir),
+                        epochs=cfg.finetune_epochs,
+                        lr=cfg.finetune_lr,
+                        warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
+                        init=str(pre_dir / "heated.pt"),
+                    ),
+                )
                 row |= _scores(fine_metrics)
                 curve += read_jsonl(fine_dir / "log.jsonl")
             else:
@@ -225,19 +274,29 @@ def run_comparison(cfg: CompareConfig) -> dict:
             rows.setdefault(method, []).append(row)
             curves.setdefault(method, []).append(curve)
 
-    summary = {name: {"per_seed": per_seed,
-                      # every compared metric lies in [0, 1]: a few seeds must not give a wider interval
-                      **{k: mean_ci([r[k] for r in per_seed], bounds=(0.0, 1.0)) for k in per_seed[0] if k != "seed"}}
-               for name, per_seed in rows.items()}
-    result = {"config": to_plain(cfg), "split": "test", "equal_compute_epochs": total,
-              "minutes": round((time.perf_counter() - start) / 60, 2), "methods": summary,
-              "paired": paired_against_plain(cfg, out, rows),
-              "transfer": transfer_against_plain(cfg, out) if cfg.transfer_to else {}}
+    summary = {
+        name: {
+            "per_seed": per_seed,
+            # every compared metric lies in [0, 1]: a few seeds must not give a wider interval
+            **{k: mean_ci([r[k] for r in per_seed], bounds=(0.0, 1.0)) for k in per_seed[0] if k != "seed"},
+        }
+        for name, per_seed in rows.items()
+    }
+    result = {
+        "config": to_plain(cfg),
+        "split": "test",
+        "equal_compute_epochs": total,
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "methods": summary,
+        "paired": paired_against_plain(cfg, out, rows),
+        "transfer": transfer_against_plain(cfg, out) if cfg.transfer_to else {},
+    }
     write_json(out / "comparison.json", result)
     figures = {}
     if result["paired"]:
-        figures["differences"] = plot_differences(result["paired"], out / "differences.png",
-                                                  "equal compute, 95% intervals (see comparison.md)").name
+        figures["differences"] = plot_differences(
+            result["paired"], out / "differences.png", "equal compute, 95% intervals (see comparison.md)"
+        ).name
     figures["curves"] = plot_training_curves(curves, out / "curves.png", boundary=cfg.epochs).name
     gallery = _mask_gallery(cfg, out)
     if gallery:
@@ -283,8 +342,11 @@ def paired_against_plain(cfg: CompareConfig, out: Path, rows: dict[str, list[dic
     paired = {}
     for method in (m for m in cfg.methods if m != "plain"):
         mine = {r["seed"]: r for r in rows[method]}
-        predictions = {s: (_predictions(_final_folder(cfg, out, method, s)), _predictions(_final_folder(cfg, out, "plain", s)))
-                       for s in mine if s in plain}
+        predictions = {
+            s: (_predictions(_final_folder(cfg, out, method, s)), _predictions(_final_folder(cfg, out, "plain", s)))
+            for s in mine
+            if s in plain
+        }
         entry = {}
         for k in PAIRED_METRICS:
             seeds = paired_seed_differences({s: r[k] for s, r in mine.items()}, {s: r[k] for s, r in plain.items()})
@@ -292,18 +354,33 @@ def paired_against_plain(cfg: CompareConfig, out: Path, rows: dict[str, list[dic
             for s, (a, b) in predictions.items():
                 if a is None or b is None or not np.array_equal(a["labels"], b["labels"]):
                     continue
-                res = paired_bootstrap(k, a["probs"], b["probs"], a["labels"], n_resamples=cfg.bootstrap_resamples,
-                                       seed=s)
-                boot.append({"seed": s, "difference": res["difference"], "low": res["low"], "high": res["high"],
-                             "verdict": verdict(res["low"], res["high"])})
+                res = paired_bootstrap(
+                    k, a["probs"], b["probs"], a["labels"], n_resamples=cfg.bootstrap_resamples, seed=s
+                )
+                boot.append(
+                    {
+                        "seed": s,
+                        "difference": res["difference"],
+                        "low": res["low"],
+                        "high": res["high"],
+                        "verdict": verdict(res["low"], res["high"]),
+                    }
+                )
             if seeds["n"] >= 2:
                 low, high, basis = seeds["low"], seeds["high"], f"t-interval over {seeds['n']} seeds"
             elif len(boot) == 1:
                 low, high, basis = boot[0]["low"], boot[0]["high"], "paired bootstrap over test images (1 seed)"
             else:
                 low = high = basis = None
-            entry[k] = {"mean": seeds["mean"], "low": low, "high": high, "basis": basis, "verdict": verdict(low, high),
-                        "per_seed": dict(zip(seeds["seeds"], seeds["differences"])), "bootstrap": boot}
+            entry[k] = {
+                "mean": seeds["mean"],
+                "low": low,
+                "high": high,
+                "basis": basis,
+                "verdict": verdict(low, high),
+                "per_seed": dict(zip(seeds["seeds"], seeds["differences"])),
+                "bootstrap": boot,
+            }
         paired[method] = entry
     return paired
 
@@ -334,11 +411,24 @@ def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
                 else:
                     names = ["plain", *methods]
                     paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]
-                    done = run_transfer(TransferConfig(
-                        checkpoints=paths, label=names, data=[task], shots=cfg.shots, repeats=cfg.transfer_repeats,
-                        mode=mode, seed=seed, out=str(folder), device=cfg.device, amp=cfg.amp,
-                        cache_dir=cfg.cache_dir, progress=cfg.progress, eval_per_class=cfg.eval_per_class,
-                        trust_checkpoint=cfg.trust_checkpoint))
+                    done = run_transfer(
+                        TransferConfig(
+                            checkpoints=paths,
+                            label=names,
+                            data=[task],
+                            shots=cfg.shots,
+                            repeats=cfg.transfer_repeats,
+                            mode=mode,
+                            seed=seed,
+                            out=str(folder),
+                            device=cfg.device,
+                            amp=cfg.amp,
+                            cache_dir=cfg.cache_dir,
+                            progress=cfg.progress,
+                            eval_per_class=cfg.eval_per_class,
+                            trust_checkpoint=cfg.trust_checkpoint,
+                        )
+                    )
                 per_seed.append(done["results"])
             shots = list(per_seed[0]["plain"])
             table = {}
@@ -347,11 +437,19 @@ def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
                 for n in shots:
                     entry = {}
                     for k in PAIRED_METRICS:
-                        pairs = [(r[k], p[k]) for res in per_seed
-                                 for r, p in zip(res[method][n]["repeats"], res["plain"][n]["repeats"])]
+                        pairs = [
+                            (r[k], p[k])
+                            for res in per_seed
+                            for r, p in zip(res[method][n]["repeats"], res["plain"][n]["repeats"])
+                        ]
                         stat = paired_seed_differences([a for a, _ in pairs], [b for _, b in pairs])
-                        entry[k] = {"mean": stat["mean"], "low": stat["low"], "high": stat["high"], "n": stat["n"],
-                                    "verdict": verdict(stat["low"], stat["high"])}
+                        entry[k] = {
+                            "mean": stat["mean"],
+                            "low": stat["low"],
+                            "high": stat["high"],
+                            "n": stat["n"],
+                            "verdict": verdict(stat["low"], stat["high"]),
+                        }
                     table[method][n] = entry
             results[key] = {"task": task, "mode": mode, "methods": table}
     return results
@@ -362,12 +460,20 @@ def render_transfer(result: dict) -> list[str]:
     transfer = result.get("transfer") or {}
     if not transfer:
         return []
-    lines = ["## Transfer to unseen tasks: method - plain", "",
-             "Each method's final backbone and plain's, transferred on identical subsets; the interval is the "
-             "t-interval over (seed, subset) pairs.", ""]
+    lines = [
+        "## Transfer to unseen tasks: method - plain",
+        "",
+        "Each method's final backbone and plain's, transferred on identical subsets; the interval is the "
+        "t-interval over (seed, subset) pairs.",
+        "",
+    ]
     for key, entry in transfer.items():
-        lines += [f"### {key}", "", "| method | shots | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
-                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        lines += [
+            f"### {key}",
+            "",
+            "| method | shots | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
+            "|---|---|" + "---|" * len(PAIRED_METRICS),
+        ]
         for method, by_shots in entry["methods"].items():
             for n, stats in by_shots.items():
                 lines.append(f"| {method} | {n} | " + " | ".join(_diff_cell(stats[k]) for k in PAIRED_METRICS) + " |")
@@ -393,21 +499,29 @@ def render_paired(result: dict) -> list[str]:
     paired = result.get("paired") or {}
     if not paired:
         return []
-    lines = ["## Method - plain (equal compute)", "",
-             "Difference of each method's fine-tuned model to plain training of the same seed, on the same test "
-             "images; 95% interval and verdict (better / worse / no detectable difference). With two seeds or "
-             "more the interval is the t-interval of the per-seed differences; with one seed, a paired bootstrap "
-             "over the test images (percentiles, so within the metric's range).", "",
-             "| method | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " | interval |",
-             "|---|" + "---|" * (len(PAIRED_METRICS) + 1)]
+    lines = [
+        "## Method - plain (equal compute)",
+        "",
+        "Difference of each method's fine-tuned model to plain training of the same seed, on the same test "
+        "images; 95% interval and verdict (better / worse / no detectable difference). With two seeds or "
+        "more the interval is the t-interval of the per-seed differences; with one seed, a paired bootstrap "
+        "over the test images (percentiles, so within the metric's range).",
+        "",
+        "| method | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " | interval |",
+        "|---|" + "---|" * (len(PAIRED_METRICS) + 1),
+    ]
     for method, entry in paired.items():
         basis = entry[PAIRED_METRICS[0]]["basis"] or "none"
         lines.append(f"| {method} | " + " | ".join(_diff_cell(entry[k]) for k in PAIRED_METRICS) + f" | {basis} |")
     boot_rows = [(m, b) for m, entry in paired.items() for b in entry[PAIRED_METRICS[0]]["bootstrap"]]
     if boot_rows:
-        lines += ["", "### Per seed: paired bootstrap over the test images", "",
-                  "| method | seed | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
-                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        lines += [
+            "",
+            "### Per seed: paired bootstrap over the test images",
+            "",
+            "| method | seed | " + " | ".join(f"Δ {k}" for k in PAIRED_METRICS) + " |",
+            "|---|---|" + "---|" * len(PAIRED_METRICS),
+        ]
         for method, entry in paired.items():
             for i, b in enumerate(entry[PAIRED_METRICS[0]]["bootstrap"]):
                 cells = [_diff_cell(entry[k]["bootstrap"][i]) for k in PAIRED_METRICS]
@@ -434,29 +548,48 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
     methods = result["methods"]
     header = "| method | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS) + "\n"
     equal = [m for m in methods if "reference view" not in m]
-    lines = [f"# Comparison on {', '.join(cfg['data'])} ({cfg['model']}, {cfg['seeds']} seed(s))", "",
-             f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
-             f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
-             f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
-             f"Wall time: {result['minutes']} min.", "", *render_paired(result), *render_transfer(result),
-             "## Equal compute", "",
-             header.rstrip("\n")]
+    lines = [
+        f"# Comparison on {', '.join(cfg['data'])} ({cfg['model']}, {cfg['seeds']} seed(s))",
+        "",
+        f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
+        f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
+        f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
+        f"Wall time: {result['minutes']} min.",
+        "",
+        *render_paired(result),
+        *render_transfer(result),
+        "## Equal compute",
+        "",
+        header.rstrip("\n"),
+    ]
     lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in equal]
     short = [m for m in methods if "reference view" in m]
     if short:
-        lines += ["", "## The reference's view (baseline trained for the pretraining epochs only)", "", header.rstrip("\n")]
-        lines += [f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |" for m in short + [
-            m for m in equal if not m.startswith("plain")]]
+        lines += [
+            "",
+            "## The reference's view (baseline trained for the pretraining epochs only)",
+            "",
+            header.rstrip("\n"),
+        ]
+        lines += [
+            f"| {m} | " + " | ".join(_fmt(methods[m][k]) for k in METRICS) + " |"
+            for m in short + [m for m in equal if not m.startswith("plain")]
+        ]
     heated = [m for m in equal if f"heated_{METRICS[0]}" in methods[m]]
     if heated:
         lines += ["", "## Heated models before fine-tuning", "", header.rstrip("\n")]
-        lines += [f"| {m} | " + " | ".join(_fmt(methods[m][f'heated_{k}']) for k in METRICS) + " |" for m in heated]
+        lines += [f"| {m} | " + " | ".join(_fmt(methods[m][f"heated_{k}"]) for k in METRICS) + " |" for m in heated]
     tta = [m for m in equal if f"heated_tta_{METRICS[0]}" in methods[m]]  # APGA addition: test-time augmentation
     if tta:
-        lines += ["", "## Heated models with test-time augmentation (mean softmax of the clean and kept image)", "",
-                  header.rstrip("\n")]
-        lines += [f"| {m} (TTA) | " + " | ".join(_fmt(methods[m][f'heated_tta_{k}']) for k in METRICS) + " |"
-                  for m in tta]
+        lines += [
+            "",
+            "## Heated models with test-time augmentation (mean softmax of the clean and kept image)",
+            "",
+            header.rstrip("\n"),
+        ]
+        lines += [
+            f"| {m} (TTA) | " + " | ".join(_fmt(methods[m][f"heated_tta_{k}"]) for k in METRICS) + " |" for m in tta
+        ]
     lines += ["", "## Figures", ""] + [f"![{name}]({file})" for name, file in figures.items()] + [""]
     return "\n".join(lines)
 
@@ -466,16 +599,18 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     methods = [m for m in cfg.methods if m != "plain"]
     if not methods:
         return None
-    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir,
-                      options=DataOptions.from_config(cfg), seed=0)  # the seed-0 runs' split
+    pool = build_pool(
+        cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, options=DataOptions.from_config(cfg), seed=0
+    )  # the seed-0 runs' split
     val = pool.splits["val"]
     index = torch.linspace(0, len(val) - 1, n).long()
     x_u8 = val.load(index)  # (n, C, S, S)
     x = Augment(pool.image_size, train=False)(x_u8, None)
     rows, extra = {}, {}
     for method in methods:
-        agent = get_agent(method).build(pool.image_size, pool.channels, seed=0,
-                                        options=_method_values(cfg, method, 0, out))
+        agent = get_agent(method).build(
+            pool.image_size, pool.channels, seed=0, options=_method_values(cfg, method, 0, out)
+        )
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])
@@ -484,8 +619,11 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
         if sampled is not None:
             rows[method] = sampled["mask"][:, 0].numpy()
             # Extra (n, 1, S, S) rows in [0, 1], e.g. APGA's probability map; other entries (cells) are not images.
-            extra[method] = {k: v[:, 0].numpy() for k, v in sampled.items()
-                             if k != "mask" and v.dim() == 4 and v.shape[1] == 1 and v.shape[-2:] == x.shape[-2:]}
+            extra[method] = {
+                k: v[:, 0].numpy()
+                for k, v in sampled.items()
+                if k != "mask" and v.dim() == 4 and v.shape[1] == 1 and v.shape[-2:] == x.shape[-2:]
+            }
     if not rows:
         return None
     images = (x_u8.float() / 255).permute(0, 2, 3, 1).numpy()

@@ -63,18 +63,26 @@ REFERENCE_HEAD_DROPOUT = 0.3  # >>>
 class TransferConfig:
     """Options of ``rlmask transfer``."""
 
-    checkpoints: list[str] = option([], "checkpoints to transfer: rlmask checkpoints, heated.pt or timm state dicts",
-                                    metavar="CKPT")
+    checkpoints: list[str] = option(
+        [], "checkpoints to transfer: rlmask checkpoints, heated.pt or timm state dicts", metavar="CKPT"
+    )
     data: list[str] = option([], "downstream data source(s), as for train", metavar="SPEC")
-    label: list[str] = option([], "names of the checkpoints in tables and plots, one per checkpoint (default: from "
-                              "their paths)", metavar="NAME")
+    label: list[str] = option(
+        [],
+        "names of the checkpoints in tables and plots, one per checkpoint (default: from their paths)",
+        metavar="NAME",
+    )
     shots: str = option("16,32,64,128,256", "training images per class: comma list of integers and/or 'all'")
     repeats: int = option(3, "repeats per shot count (different subsets, head init and order)")
-    mode: str = option("linear", "linear: frozen backbone + linear head; finetune: the whole network",
-                       choices=list(MODES))
-    head: str = option("linear", "head on the frozen backbone (mode linear): 'linear', or 'reference' (Intelligent "
-                       "Masking's conv3x3-32, pool, FC 32-16-classes, dropout 0.3, class-weighted loss)",
-                       choices=list(HEADS))
+    mode: str = option(
+        "linear", "linear: frozen backbone + linear head; finetune: the whole network", choices=list(MODES)
+    )
+    head: str = option(
+        "linear",
+        "head on the frozen backbone (mode linear): 'linear', or 'reference' (Intelligent "
+        "Masking's conv3x3-32, pool, FC 32-16-classes, dropout 0.3, class-weighted loss)",
+        choices=list(HEADS),
+    )
     epochs: int | None = option(None, "training epochs (default: 30 for linear, 10 for finetune)")
     batch_size: int = option(32, "training batch size")
     lr: float | None = option(None, "learning rate (default: 1e-2 Adam for linear, 1e-3 SGD for finetune)")
@@ -88,8 +96,11 @@ class TransferConfig:
     amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively, as in training)")
     cache_dir: str | None = option(None, "download/index cache")
     progress: bool = option(True, "show a progress bar")
-    trust_checkpoint: bool = option(False, "load checkpoints that hold Python objects beyond tensors and plain data: "
-                                    "this RUNS CODE from the file (only for files you trust)")
+    trust_checkpoint: bool = option(
+        False,
+        "load checkpoints that hold Python objects beyond tensors and plain data: "
+        "this RUNS CODE from the file (only for files you trust)",
+    )
 
     def validate(self) -> None:
         if not self.checkpoints:
@@ -110,8 +121,9 @@ class TransferConfig:
             raise UserError(f"--weight-decay {self.weight_decay}: must not be negative")
         parse_shots(self.shots)
         if self.label and (len(self.label) != len(self.checkpoints) or len(set(self.label)) != len(self.label)):
-            raise UserError(f"--label {' '.join(self.label)}: give one distinct name per checkpoint "
-                            f"({len(self.checkpoints)})")
+            raise UserError(
+                f"--label {' '.join(self.label)}: give one distinct name per checkpoint ({len(self.checkpoints)})"
+            )
 
 
 def parse_shots(text: str) -> list[int | str]:
@@ -153,8 +165,15 @@ def _seeded_linear_(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, split: Split, transform: Augment, *, device: torch.device,
-                     batch_size: int = EVAL_BATCH_SIZE, amp: bool = False) -> torch.Tensor:
+def extract_features(
+    model: nn.Module,
+    split: Split,
+    transform: Augment,
+    *,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH_SIZE,
+    amp: bool = False,
+) -> torch.Tensor:
     """Pooled pre-logit features (N, D) float32 on the CPU of every sample of ``split``, in split order."""
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
@@ -166,8 +185,17 @@ def extract_features(model: nn.Module, split: Split, transform: Augment, *, devi
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def train_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, batch_size: int,
-                      lr: float, weight_decay: float, generator: torch.Generator) -> nn.Linear:
+def train_linear_head(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    generator: torch.Generator,
+) -> nn.Linear:
     """A linear head trained with Adam on features (N, D) and labels (N,); its init and order come from ``generator``.
 
     Features are standardised with the subset's own statistics while training (Adam then needs no
@@ -180,7 +208,7 @@ def train_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: in
     for _ in range(epochs):
         order = torch.randperm(len(z), generator=generator)
         for i in range(0, len(z), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             loss = F.cross_entropy(head(z[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -193,8 +221,15 @@ def train_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 # <<< Intelligent Masking's downstream head (issue 12)
 @torch.no_grad()
-def extract_feature_maps(model: nn.Module, split: Split, transform: Augment, *, device: torch.device,
-                         batch_size: int = EVAL_BATCH_SIZE, amp: bool = False) -> torch.Tensor:
+def extract_feature_maps(
+    model: nn.Module,
+    split: Split,
+    transform: Augment,
+    *,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH_SIZE,
+    amp: bool = False,
+) -> torch.Tensor:
     """Unpooled feature maps (N, D, h, w) float32 on the CPU of every sample of ``split``, in split order."""
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
@@ -227,8 +262,17 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros(()))
 
 
-def train_reference_head(maps: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int,
-                         batch_size: int, lr: float, weight_decay: float, seed: int) -> nn.Module:
+def train_reference_head(
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> nn.Module:
     """A ``ReferenceHead`` trained with Adam and a class-weighted cross-entropy on cached maps (N, D, h, w);
     its init, order and dropout come from ``seed``. Maps are standardised per channel with the subset's own
     statistics (folded into the returned module's first step), as the linear probe's features."""
@@ -245,7 +289,7 @@ def train_reference_head(maps: torch.Tensor, labels: torch.Tensor, num_classes: 
         for _ in range(epochs):
             order = torch.randperm(len(z), generator=generator)
             for i in range(0, len(z), batch_size):
-                idx = order[i:i + batch_size]
+                idx = order[i : i + batch_size]
                 loss = F.cross_entropy(head(z[idx]), labels[idx], weight=weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -262,23 +306,32 @@ class _Standardise(nn.Module):
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return (maps - self.mean) / self.std
+
+
 # >>>
 
 
-def finetune_copy(base: nn.Module, train: Split, num_classes: int, transform: Augment, cfg: TransferConfig,
-                  seed: int, device: torch.device) -> nn.Module:
+def finetune_copy(
+    base: nn.Module,
+    train: Split,
+    num_classes: int,
+    transform: Augment,
+    cfg: TransferConfig,
+    seed: int,
+    device: torch.device,
+) -> nn.Module:
     """A copy of ``base`` with a new seeded head, trained whole on ``train`` (SGD, warm-up, augmentation)."""
     model = copy.deepcopy(base)
     model.reset_classifier(num_classes)
     _seeded_linear_(model.get_classifier(), torch.Generator().manual_seed(seed))
     model.to(device).train()
     # Full batches only: a batch of one would break BatchNorm, and tiny subsets are smaller than batch_size.
-    loader = BatchLoader(train, min(cfg.batch_size, len(train)), shuffle=True, seed=seed, drop_last=True,
-                         device=device)
+    loader = BatchLoader(train, min(cfg.batch_size, len(train)), shuffle=True, seed=seed, drop_last=True, device=device)
     total = len(loader) * cfg.epochs
     opt = make_optimizer(model.parameters(), "sgd", cfg.lr, FINETUNE_MOMENTUM, cfg.weight_decay)
-    sched = make_scheduler(opt, total, schedule="constant", warmup_steps=round(FINETUNE_WARMUP * total),
-                           warmup_start=0.01)
+    sched = make_scheduler(
+        opt, total, schedule="constant", warmup_steps=round(FINETUNE_WARMUP * total), warmup_start=0.01
+    )
     agent, aug_gen = MaskAgent(), torch.Generator().manual_seed(seed + 1)
     step = TrainStep(model, ClassifyTask().loss, opt, device=device, amp=cfg.amp, total_steps=total)
     for epoch in range(cfg.epochs):
@@ -309,7 +362,10 @@ def draw_subsets(labels: torch.Tensor, shots: list[int | str], repeats: int, see
         code = 0 if n == "all" else n
         for r in range(repeats):
             gen = torch.Generator().manual_seed(derive_seed(seed, code, r, 0, wide=True))
-            subsets[(n, r)] = (class_balanced_subset(labels, None if n == "all" else n, gen), derive_seed(seed, code, r, 1, wide=True))
+            subsets[(n, r)] = (
+                class_balanced_subset(labels, None if n == "all" else n, gen),
+                derive_seed(seed, code, r, 1, wide=True),
+            )
     return subsets
 
 
@@ -321,8 +377,9 @@ def _summary(repeats: list[dict]) -> dict:
     return out
 
 
-def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool: Pool, split: str, subsets: dict,
-                         device: torch.device, step) -> tuple[dict, dict]:
+def _transfer_checkpoint(
+    cfg: TransferConfig, base: nn.Module, meta: dict, pool: Pool, split: str, subsets: dict, device: torch.device, step
+) -> tuple[dict, dict]:
     """Scores of one checkpoint for every (shots, repeat): ({shots: summary}, facts about the backbone)."""
     train, test, k = pool.splits["train"], pool.splits[split], len(pool.classes)
     eval_tf = Augment(pool.image_size, train=False, mean=meta["mean"], std=meta["std"])
@@ -339,25 +396,41 @@ def _transfer_checkpoint(cfg: TransferConfig, base: nn.Module, meta: dict, pool:
     by_shots: dict[str, list] = {}
     for (n, r), (idx, seed) in subsets.items():
         if cfg.mode == "linear" and cfg.head == "reference":  # <<< Intelligent Masking's head
-            head = train_reference_head(train_feats[torch.searchsorted(needed, idx)], train.labels[idx], k,
-                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, seed=seed)
+            head = train_reference_head(
+                train_feats[torch.searchsorted(needed, idx)],
+                train.labels[idx],
+                k,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                seed=seed,
+            )
             with torch.no_grad():
                 probs = head(test_feats).softmax(1)  # (T, K)
             scores = classification_metrics(probs.numpy(), test.labels.numpy(), pool.classes)  # >>>
         elif cfg.mode == "linear":
-            head = train_linear_head(train_feats[torch.searchsorted(needed, idx)], train.labels[idx], k,
-                                     epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay, generator=torch.Generator().manual_seed(seed))
+            head = train_linear_head(
+                train_feats[torch.searchsorted(needed, idx)],
+                train.labels[idx],
+                k,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                generator=torch.Generator().manual_seed(seed),
+            )
             with torch.no_grad():
                 probs = head(test_feats).softmax(1)  # (T, K)
             scores = classification_metrics(probs.numpy(), test.labels.numpy(), pool.classes)
         else:
             model = finetune_copy(base, train.subset(idx), k, train_tf, cfg, seed, device)
-            scores = evaluate_split(model, test, pool.classes, eval_tf, batch_size=EVAL_BATCH_SIZE, device=device,
-                                    amp=cfg.amp)
-        by_shots.setdefault(str(n), []).append({"repeat": r, "n_train": len(idx), "subset_digest": subset_digest(idx),
-                                                **{m: scores[m] for m in METRICS}})
+            scores = evaluate_split(
+                model, test, pool.classes, eval_tf, batch_size=EVAL_BATCH_SIZE, device=device, amp=cfg.amp
+            )
+        by_shots.setdefault(str(n), []).append(
+            {"repeat": r, "n_train": len(idx), "subset_digest": subset_digest(idx), **{m: scores[m] for m in METRICS}}
+        )
         step(f"n={n} #{r}")
     return {n: _summary(reps) for n, reps in by_shots.items()}, info
 
@@ -377,12 +450,18 @@ def run_transfer(cfg: TransferConfig) -> dict:
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # a bool from here on, recorded as used
     labels = list(cfg.label) if cfg.label else checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
-    loaded = [load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint) for path in cfg.checkpoints]
+    loaded = [
+        load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint) for path in cfg.checkpoints
+    ]
     pools: dict = {}
     subsets: dict = {}
     results, info = {}, {}
-    bar = tqdm(total=len(loaded) * len(shots) * cfg.repeats, desc="transfer", unit="run",
-               disable=None if cfg.progress else True)
+    bar = tqdm(
+        total=len(loaded) * len(shots) * cfg.repeats,
+        desc="transfer",
+        unit="run",
+        disable=None if cfg.progress else True,
+    )
     for label, path, (base, meta) in zip(labels, cfg.checkpoints, loaded):
         pool, split = _downstream(cfg, meta, pools)
         subsets = subsets or draw_subsets(pool.splits["train"].labels, shots, cfg.repeats, cfg.seed)
@@ -395,8 +474,13 @@ def run_transfer(cfg: TransferConfig) -> dict:
         info[label] = {"path": str(path), **facts}
     bar.close()
 
-    result = {"config": to_plain(cfg), "checkpoints": labels, "checkpoint_info": info, "split": split,
-              "results": results}
+    result = {
+        "config": to_plain(cfg),
+        "checkpoints": labels,
+        "checkpoint_info": info,
+        "split": split,
+        "results": results,
+    }
     out = Path(cfg.out)
     write_json(out / "transfer.json", result)
     plot_transfer(results, out / "transfer.png")
@@ -417,13 +501,21 @@ def render_markdown(result: dict) -> str:
     """transfer.md: one table per checkpoint (rows: shots; columns: metrics as mean [95% interval])."""
     cfg = result["config"]
     head = " + reference head" if cfg.get("head") == "reference" else ""  # <<< >>>
-    lines = [f"# Transfer to {', '.join(cfg['data'])} ({cfg['mode']}{head}, {cfg['epochs']} epochs)", "",
-             f"{result['split'].capitalize()} split; mean [95% t-interval] over {cfg['repeats']} repeat(s). "
-             "Subsets are identical for every checkpoint; `images` is the actual training count "
-             "(classes with fewer images give all they have).", ""]
+    lines = [
+        f"# Transfer to {', '.join(cfg['data'])} ({cfg['mode']}{head}, {cfg['epochs']} epochs)",
+        "",
+        f"{result['split'].capitalize()} split; mean [95% t-interval] over {cfg['repeats']} repeat(s). "
+        "Subsets are identical for every checkpoint; `images` is the actual training count "
+        "(classes with fewer images give all they have).",
+        "",
+    ]
     for label, by_shots in result["results"].items():
-        lines += [f"## {label}", "", "| shots | images | " + " | ".join(METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+        lines += [
+            f"## {label}",
+            "",
+            "| shots | images | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+        ]
         for n, entry in by_shots.items():
             counts = "/".join(str(c) for c in sorted({r["n_train"] for r in entry["repeats"]}))
             lines.append(f"| {n} | {counts} | " + " | ".join(_fmt(entry[m]) for m in METRICS) + " |")

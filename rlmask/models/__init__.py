@@ -115,6 +115,6 @@ def _create_timm(
         raise UserError(f"--model {name}: small_stem works only with the built-in models ({builtin}); turn it off")
     try:
         with seeded_init(generator):
-            return timm.create_model(name[len("timm:"):], pretrained=False, num_classes=num_classes, in_chans=in_chans)
+            return timm.create_model(name[len("timm:") :], pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except RuntimeError as e:  # timm's "Unknown model (...)"
         raise UserError(f"--model {name}: {e}") from None

@@ -27,8 +27,14 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or isinstance(self.padding, str) or self.groups != 1
-                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+        if (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or isinstance(self.padding, str)
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or self.padding_mode != "zeros"
+        ):
             return super().forward(x)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         h, w = x.shape[-2:]
@@ -229,8 +235,14 @@ class ResNet(nn.Module):
 def resnet10t(num_classes: int, in_chans: int = 3, small_stem: bool = False) -> ResNet:
     """ResNet-10-T: BasicBlock [1,1,1,1], tiered 3x3 stem 24-32-64, average-pool shortcuts."""
     return ResNet(
-        BasicBlock, (1, 1, 1, 1), num_classes, in_chans,
-        stem_type="deep_tiered", stem_width=32, avg_down=True, small_stem=small_stem,
+        BasicBlock,
+        (1, 1, 1, 1),
+        num_classes,
+        in_chans,
+        stem_type="deep_tiered",
+        stem_width=32,
+        avg_down=True,
+        small_stem=small_stem,
     )
 
 

@@ -144,13 +144,19 @@ class ContextEncoder(nn.Module):
     ``forward_stages`` gives every block's output, the skips of a U-Net decoder.
     """
 
-    def __init__(self, num_classes: int = 0, in_chans: int = 1, channels: tuple[int, ...] = CONTEXT_CHANNELS,
-                 context_kernel: int = 5):
+    def __init__(
+        self,
+        num_classes: int = 0,
+        in_chans: int = 1,
+        channels: tuple[int, ...] = CONTEXT_CHANNELS,
+        context_kernel: int = 5,
+    ):
         super().__init__()
         widths = (in_chans, *channels)
         self.blocks = nn.ModuleList(_double_conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.context = nn.Conv2d(channels[-1], channels[-1], context_kernel, padding=context_kernel // 2,
-                                 groups=channels[-1])
+        self.context = nn.Conv2d(
+            channels[-1], channels[-1], context_kernel, padding=context_kernel // 2, groups=channels[-1]
+        )
         self.stage_channels = tuple(channels)
         self.num_features = channels[-1]
         self.num_classes = num_classes
@@ -186,8 +192,11 @@ class ContextEncoder(nn.Module):
         """Replace ``fc`` by a fresh layer with ``num_classes`` outputs (0: Identity), on the model's device."""
         self.num_classes = num_classes
         ref = self.context.weight
-        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-                   if num_classes > 0 else nn.Identity())
+        self.fc = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
 
 
 def context_encoder(num_classes: int, in_chans: int = 3, small_stem: bool = False) -> ContextEncoder:

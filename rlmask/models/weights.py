@@ -82,14 +82,18 @@ def load_init_weights(model: nn.Module, path: str | Path, option: str = "--init"
     if problems:
         deep_ckpt, deep_model = "conv1.0.weight" in state, "conv1.0.weight" in own
         if deep_ckpt != deep_model:  # another architecture altogether, not a stem variant of this one
-            hint = (f" (the checkpoint has {'a deep three-conv' if deep_ckpt else 'a single-conv'} stem, the model "
-                    f"{'a deep three-conv' if deep_model else 'a single-conv'} one: another architecture; check --model)")
+            hint = (
+                f" (the checkpoint has {'a deep three-conv' if deep_ckpt else 'a single-conv'} stem, the model "
+                f"{'a deep three-conv' if deep_model else 'a single-conv'} one: another architecture; check --model)"
+            )
         elif any(p.split()[p.startswith(("missing", "unexpected"))].startswith("conv1") for p in problems):
             hint = " (7x7 vs 3x3 stem? set --small-stem or --no-small-stem to match)"
         else:
             hint = ""
-        raise UserError(f"{option} {path}: does not fit the model: {'; '.join(problems[:3])}"
-                        f"{f' and {len(problems) - 3} more' if len(problems) > 3 else ''}{hint}")
+        raise UserError(
+            f"{option} {path}: does not fit the model: {'; '.join(problems[:3])}"
+            f"{f' and {len(problems) - 3} more' if len(problems) > 3 else ''}{hint}"
+        )
     model.load_state_dict(own, strict=True)
     return fresh
 
@@ -106,8 +110,9 @@ def init_architecture(path: str | Path, trust: bool = False) -> dict:
     return {"model": meta.get("model"), "small_stem": meta.get("small_stem")}
 
 
-def load_classifier(path: str | Path, model_name: str | None = None, option: str = "checkpoint",
-                    trust: bool = False) -> tuple[nn.Module, dict]:
+def load_classifier(
+    path: str | Path, model_name: str | None = None, option: str = "checkpoint", trust: bool = False
+) -> tuple[nn.Module, dict]:
     """A ready classifier from any checkpoint kind, and what is known of the data it was trained on.
 
     rlmask checkpoints carry their model and data description. A plain state dict (``heated.pt``, a
@@ -124,14 +129,18 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
             info, data = obj["model_info"], dict(obj["data"])
             state, num_classes = obj["model"], info["num_classes"]
             if info.get("task") == "reconstruct":  # a U-Net: its encoder is the backbone, without a head
-                state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+                state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
                 num_classes = 0
             model = create_model(info["name"], num_classes, in_chans=data["channels"], small_stem=info["small_stem"])
             model.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             why = reason(err)
             raise UserError(f"{option} {path}: an incomplete or damaged rlmask checkpoint ({why})") from None
-        return model.eval(), data | {"small_stem": info["small_stem"], "model": info["name"], "config": obj.get("config")}
+        return model.eval(), data | {
+            "small_stem": info["small_stem"],
+            "model": info["name"],
+            "config": obj.get("config"),
+        }
     state = extract_state_dict(obj)
     sidecar = path.parent / "config.json"
     meta = read_json(sidecar, f"{option}: the config.json beside") if sidecar.is_file() else {}
@@ -140,14 +149,23 @@ def load_classifier(path: str | Path, model_name: str | None = None, option: str
         raise UserError(f"{option} {path}: a plain state dict; name its architecture with --model")
     stem = next((state[k] for k in FIRST_CONVS if k in state), None)
     if stem is None:
-        raise UserError(f"{option} {path}: no first-convolution weights ({', '.join(FIRST_CONVS)}): "
-                        "not a state dict of a built-in backbone")
+        raise UserError(
+            f"{option} {path}: no first-convolution weights ({', '.join(FIRST_CONVS)}): "
+            "not a state dict of a built-in backbone"
+        )
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
     small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
     model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
     load_init_weights(model, path, option, trust)
     # A run that trained on another input scaling (the reconstruct task's reference [-1, 1]) records it.
-    data = {"classes": None, "channels": stem.shape[1], "image_size": meta.get("image_size"),
-            "mean": meta.get("mean", DEFAULT_NORM[0]), "std": meta.get("std", DEFAULT_NORM[1]),
-            "small_stem": small_stem, "model": name, "config": meta or None}
+    data = {
+        "classes": None,
+        "channels": stem.shape[1],
+        "image_size": meta.get("image_size"),
+        "mean": meta.get("mean", DEFAULT_NORM[0]),
+        "std": meta.get("std", DEFAULT_NORM[1]),
+        "small_stem": small_stem,
+        "model": name,
+        "config": meta or None,
+    }
     return model.eval(), data

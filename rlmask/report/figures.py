@@ -58,8 +58,13 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
     return _save(fig, path)
 
 
-def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Path, titles: list[str] | None = None,
-                      extra: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
+def plot_mask_gallery(
+    images: np.ndarray,
+    rows: dict[str, np.ndarray],
+    path: Path,
+    titles: list[str] | None = None,
+    extra: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Path:
     """Images (N, H, W[, 3]) in [0, 1] in the first row, then for each mask set (N, H, W) in [0, 1] its
     ``extra`` rows (``{label: {row name: (N, H, W) in [0, 1]}}``, e.g. APGA's probability map), the mask and
     the masked images."""
@@ -93,8 +98,9 @@ def plot_mask_gallery(images: np.ndarray, rows: dict[str, np.ndarray], path: Pat
     return _save(fig, path)
 
 
-def plot_image_rows(rows: dict[str, np.ndarray], path: Path, cmaps: dict[str, str] | None = None,
-                    title: str | None = None) -> Path:
+def plot_image_rows(
+    rows: dict[str, np.ndarray], path: Path, cmaps: dict[str, str] | None = None, title: str | None = None
+) -> Path:
     """One row per entry of ``rows`` (label -> (N, H, W[, 3]) in [0, 1]), the N images side by side; grey
     images in ``gray`` unless ``cmaps`` names another colour map for that row."""
     labels = list(rows)
@@ -154,8 +160,13 @@ def plot_differences(paired: dict[str, dict[str, dict]], path: Path, title: str 
     {"mean", "low", "high", "verdict"} (comparison.json's "paired" entries)."""
     methods = list(paired)
     metrics = list(next(iter(paired.values()))) if paired else []
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 0.55 * len(methods) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        max(len(metrics), 1),
+        figsize=(3.6 * max(len(metrics), 1), 0.55 * len(methods) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, metric in zip(axes[0], metrics):
         for i, method in enumerate(methods):
             stat = paired[method][metric]
@@ -165,8 +176,15 @@ def plot_differences(paired: dict[str, dict[str, dict]], path: Path, title: str 
             if stat["low"] is not None:
                 ax.plot([stat["low"], stat["high"]], [i, i], color=colour, lw=2.5, solid_capstyle="butt")
             ax.plot([stat["mean"]], [i], "o", color=colour, ms=6)
-            ax.annotate(stat["verdict"], (stat["mean"], i), textcoords="offset points", xytext=(0, 7), ha="center",
-                        fontsize=7.5, color=colour)
+            ax.annotate(
+                stat["verdict"],
+                (stat["mean"], i),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7.5,
+                color=colour,
+            )
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(f"{metric.replace('_', ' ')}: method - plain", fontsize=9.5)
         ax.grid(axis="x", alpha=0.3)
@@ -209,8 +227,15 @@ def plot_run_curves(records: list[dict], path: Path) -> Path:
             values = np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], dtype=float)
             metric = key.split("/")[-1]
             masked = key.startswith("val_masked/")
-            (line,) = ax.plot(epochs, values, marker="o", ms=3, ls="--" if masked else "-", color=colours.get(metric),
-                              label=None if masked else metric.replace("_", " "))
+            (line,) = ax.plot(
+                epochs,
+                values,
+                marker="o",
+                ms=3,
+                ls="--" if masked else "-",
+                color=colours.get(metric),
+                label=None if masked else metric.replace("_", " "),
+            )
             colours.setdefault(metric, line.get_color())
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
@@ -220,7 +245,7 @@ def plot_run_curves(records: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
@@ -249,6 +274,13 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
         for i in range(k):
             for j in range(k):
                 if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=fontsize - 1,
-                            color="white" if fraction[i, j] > 0.55 else "#1f2933")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=fontsize - 1,
+                        color="white" if fraction[i, j] > 0.55 else "#1f2933",
+                    )
     return _save(fig, path)

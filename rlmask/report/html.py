@@ -20,12 +20,36 @@ from rlmask.io import atomic_write_bytes, read_jsonl
 from rlmask.report.figures import plot_confusion_matrix, plot_run_curves
 
 METRICS = SUMMARY_METRICS
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_precision": "macro precision",
-          "macro_recall": "macro recall", "macro_f1": "macro F1", "auroc": "AUROC", "auroc_ovo": "AUROC OvO"}
+LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced acc.",
+    "macro_precision": "macro precision",
+    "macro_recall": "macro recall",
+    "macro_f1": "macro F1",
+    "auroc": "AUROC",
+    "auroc_ovo": "AUROC OvO",
+}
 # Run options worth a row in the configuration table, in this order (the agent's resolved options follow).
-RUN_KEYS = ("data", "model", "method", "init", "epochs", "image_size", "channels", "batch_size", "optimizer", "lr",
-            "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "seed", "train_per_class",
-            "eval_per_class", "world_size")
+RUN_KEYS = (
+    "data",
+    "model",
+    "method",
+    "init",
+    "epochs",
+    "image_size",
+    "channels",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "schedule",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "seed",
+    "train_per_class",
+    "eval_per_class",
+    "world_size",
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 CSS = """
@@ -104,23 +128,28 @@ def build_report(dirs: list[Path], out: Path, title: str | None = None) -> Path:
             anchor, name = f"s{i}-{kind}", str(folder).rstrip("/") or str(folder)
             body = render[kind](folder, Path(scratch) / str(i))
             toc.append(f'<li><a href="#{anchor}">{_e(name)}</a> <span class="pm">{kind}</span></li>')
-            sections.append(f'<section class="card" id="{anchor}"><h2><span class="badge {kind}">{kind}</span>'
-                            f"{_e(name)}</h2>{body}</section>")
+            sections.append(
+                f'<section class="card" id="{anchor}"><h2><span class="badge {kind}">{kind}</span>'
+                f"{_e(name)}</h2>{body}</section>"
+            )
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-            f'<header><h1>{_e(title)}</h1><p class="meta">generated {date} &middot; rlmask {__version__} &middot; '
-            f'{len(sections)} folder(s)</p></header><main>'
-            f'<nav class="card"><h2>Contents</h2><ol>{"".join(toc)}</ol></nav>{"".join(sections)}</main>'
-            f"<footer>rlmask {__version__} &middot; self-contained report, no external resources</footer>"
-            "</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f'<header><h1>{_e(title)}</h1><p class="meta">generated {date} &middot; rlmask {__version__} &middot; '
+        f"{len(sections)} folder(s)</p></header><main>"
+        f'<nav class="card"><h2>Contents</h2><ol>{"".join(toc)}</ol></nav>{"".join(sections)}</main>'
+        f"<footer>rlmask {__version__} &middot; self-contained report, no external resources</footer>"
+        "</body></html>\n"
+    )
     atomic_write_bytes(out, page.encode("utf-8"))
     out.chmod(0o644)  # a page to share: the atomic write's temporary file is private
     return out
 
 
 # ---------------------------------------------------------------- small HTML pieces
+
 
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
@@ -137,6 +166,7 @@ def _num(value, digits: int = 4) -> str:
 def _table(head: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     """A table of pre-rendered cells; columns from ``numeric_from`` on are right-aligned numbers.
     A cell may be a ``(html, css_class)`` pair."""
+
     def cell(tag: str, j: int, value) -> str:
         text, extra = value if isinstance(value, tuple) else (value, "")
         classes = " ".join(c for c in ("num" if j >= numeric_from else "", extra) if c)
@@ -165,8 +195,10 @@ def _figure(png: bytes | None, caption: str) -> str:
     if not png or not png.startswith(PNG_SIGNATURE):
         return f'<p class="note">{_e(caption)}: no figure.</p>'
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _png_file(path: Path) -> bytes | None:
@@ -197,6 +229,7 @@ def _commands(folder: Path) -> str:
 
 # ---------------------------------------------------------------- run
 
+
 def _run_section(folder: Path, scratch: Path) -> str:
     config = _read_json(folder / "config.json") or {}
     metrics = _read_json(folder / "metrics.json")
@@ -204,11 +237,17 @@ def _run_section(folder: Path, scratch: Path) -> str:
     pairs = [(k.replace("_", " "), config[k]) for k in RUN_KEYS if k in config and config[k] is not None]
     agent = config.get("agent_resolved") or {}
     agent_pairs = [(k.replace("_", " "), v) for k, v in agent.items() if k != "method" and not isinstance(v, dict)]
-    summary = [config.get("method") or agent.get("method"), config.get("model"), _plain(config.get("data")),
-               f'{config["epochs"]} epoch(s)' if "epochs" in config else None,
-               f'only {len(records)} logged' if len(records) < config.get("epochs", 0) else None]
-    parts = [f'<p>{_e(" · ".join(str(x) for x in summary if x))}</p>'
-             f'<div class="grid"><div><h3>Configuration</h3>{_key_values(pairs)}</div><div>']
+    summary = [
+        config.get("method") or agent.get("method"),
+        config.get("model"),
+        _plain(config.get("data")),
+        f"{config['epochs']} epoch(s)" if "epochs" in config else None,
+        f"only {len(records)} logged" if len(records) < config.get("epochs", 0) else None,
+    ]
+    parts = [
+        f"<p>{_e(' · '.join(str(x) for x in summary if x))}</p>"
+        f'<div class="grid"><div><h3>Configuration</h3>{_key_values(pairs)}</div><div>'
+    ]
     if metrics:
         # val, test, then the agent's final views (val_tta, test_tta for APGA) where present
         splits = [s for s in ("val", "test") if metrics.get(s)]
@@ -218,8 +257,10 @@ def _run_section(folder: Path, scratch: Path) -> str:
         best = metrics.get("best") or {}
         parts.append("<h3>Final metrics</h3>" + _table(head, rows))
         if best.get("epoch") is not None:
-            parts.append(f'<p class="note">Best validation macro-F1 {_num(best.get("macro_f1"))} at epoch '
-                         f'{best["epoch"] + 1} (best.pt).</p>')
+            parts.append(
+                f'<p class="note">Best validation macro-F1 {_num(best.get("macro_f1"))} at epoch '
+                f"{best['epoch'] + 1} (best.pt).</p>"
+            )
     else:
         parts.append('<h3>Final metrics</h3><p class="note">No metrics.json yet: the run has not finished.</p>')
     if agent_pairs:
@@ -234,17 +275,24 @@ def _run_section(folder: Path, scratch: Path) -> str:
         result = metrics[split]
         classes = list(result.get("per_class") or map(str, range(len(result["confusion_matrix"]))))
         png = plot_confusion_matrix(result["confusion_matrix"], classes, scratch / "confusion.png").read_bytes()
-        parts.append(f"<h3>Confusion matrix ({split} split)</h3>"
-                     + _figure(png, f"{split} split, {result.get('num_samples', '?')} images; rows: true class"))
+        parts.append(
+            f"<h3>Confusion matrix ({split} split)</h3>"
+            + _figure(png, f"{split} split, {result.get('num_samples', '?')} images; rows: true class")
+        )
     if split and metrics[split].get("per_class"):
-        rows = [[_e(name), *(_num(c.get(k)) for k in ("precision", "recall", "f1", "auroc")), _num(c.get("support"))]
-                for name, c in metrics[split]["per_class"].items()]
-        parts.append(f"<h3>Per class ({split} split)</h3>"
-                     + _table(["class", "precision", "recall", "F1", "AUROC", "support"], rows))
+        rows = [
+            [_e(name), *(_num(c.get(k)) for k in ("precision", "recall", "f1", "auroc")), _num(c.get("support"))]
+            for name, c in metrics[split]["per_class"].items()
+        ]
+        parts.append(
+            f"<h3>Per class ({split} split)</h3>"
+            + _table(["class", "precision", "recall", "F1", "AUROC", "support"], rows)
+        )
     return "".join(parts)
 
 
 # ---------------------------------------------------------------- compare
+
 
 def _bounds(stat) -> tuple[float | None, float | None, float | None]:
     """(mean, low, high) of a summary written as {mean, low, high} (compare) or {mean, ci: [low, high]} (transfer)."""
@@ -282,9 +330,12 @@ def _paired_table(paired: dict) -> str:
         cells = []
         for k in metrics:
             stat = entry[k]
-            interval = (f' <span class="pm">[{_num(stat["low"])}, {_num(stat["high"])}]</span>'
-                        if stat.get("low") is not None else "")
-            cells.append(f'{_num(stat.get("mean"))}{interval} {_e(stat.get("verdict", ""))}')
+            interval = (
+                f' <span class="pm">[{_num(stat["low"])}, {_num(stat["high"])}]</span>'
+                if stat.get("low") is not None
+                else ""
+            )
+            cells.append(f"{_num(stat.get('mean'))}{interval} {_e(stat.get('verdict', ''))}")
         rows.append([_e(method), *cells, _e(entry[metrics[0]].get("basis") or "none")])
     return _table(["method", *(f"Δ {LABELS.get(k, k)}" for k in metrics), "interval"], rows)
 
@@ -296,42 +347,61 @@ def _compare_section(folder: Path, scratch: Path) -> str:
     short = [m for m in methods if "reference view" in m]
     heated = [m for m in equal if f"heated_{METRICS[0]}" in methods[m]]
     split = result.get("split", "test")
-    parts = [f'<p>{_e(split.capitalize())} split; mean ± half-width of the 95% t-interval over '
-             f'{_e(cfg.get("seeds", "?"))} seed(s) ([low, high] where clipped to [0, 1]; the mean alone with one seed). Data: {_e(_plain(cfg.get("data")))}; model: '
-             f'{_e(cfg.get("model", "?"))}; methods: {_e(cfg.get("epochs", "?"))} pretraining + '
-             f'{_e(cfg.get("finetune_epochs", "?"))} fine-tuning epochs; plain: '
-             f'{_e(result.get("equal_compute_epochs", "?"))} epochs. Wall time: {_e(result.get("minutes", "?"))} min.</p>']
+    parts = [
+        f"<p>{_e(split.capitalize())} split; mean ± half-width of the 95% t-interval over "
+        f"{_e(cfg.get('seeds', '?'))} seed(s) ([low, high] where clipped to [0, 1]; the mean alone with one seed). Data: {_e(_plain(cfg.get('data')))}; model: "
+        f"{_e(cfg.get('model', '?'))}; methods: {_e(cfg.get('epochs', '?'))} pretraining + "
+        f"{_e(cfg.get('finetune_epochs', '?'))} fine-tuning epochs; plain: "
+        f"{_e(result.get('equal_compute_epochs', '?'))} epochs. Wall time: {_e(result.get('minutes', '?'))} min.</p>"
+    ]
     paired = result.get("paired") or {}
     if paired:  # the answer first: does each method beat plain training?
-        parts.insert(0, "<h3>Method - plain (equal compute)</h3>"
-                     + _figure(_png_file(folder / "differences.png"),
-                               "difference to plain training of the same seed, 95% interval and verdict")
-                     + _paired_table(paired))
+        parts.insert(
+            0,
+            "<h3>Method - plain (equal compute)</h3>"
+            + _figure(
+                _png_file(folder / "differences.png"),
+                "difference to plain training of the same seed, 95% interval and verdict",
+            )
+            + _paired_table(paired),
+        )
     if equal:
         parts.append("<h3>Equal compute</h3>" + _summary_table(methods, equal))
     if short:
         others = [m for m in equal if not m.startswith("plain")]
-        parts.append("<h3>The reference's view (baseline trained for the pretraining epochs only)</h3>"
-                     + _summary_table(methods, short + others))
+        parts.append(
+            "<h3>The reference's view (baseline trained for the pretraining epochs only)</h3>"
+            + _summary_table(methods, short + others)
+        )
     if heated:
         parts.append("<h3>Heated models before fine-tuning</h3>" + _summary_table(methods, heated, "heated_"))
     tta = [m for m in equal if f"heated_tta_{METRICS[0]}" in methods[m]]  # APGA's test-time augmentation
     if tta:
-        parts.append("<h3>Heated models with test-time augmentation (mean softmax of the clean and kept image)</h3>"
-                     + _summary_table(methods, tta, "heated_tta_"))
-    parts.append("<h3>Training curves</h3>" + _figure(_png_file(folder / "curves.png"),
-                                                     "validation macro-F1 and training loss, mean over seeds"))
+        parts.append(
+            "<h3>Heated models with test-time augmentation (mean softmax of the clean and kept image)</h3>"
+            + _summary_table(methods, tta, "heated_tta_")
+        )
+    parts.append(
+        "<h3>Training curves</h3>"
+        + _figure(_png_file(folder / "curves.png"), "validation macro-F1 and training loss, mean over seeds")
+    )
     if (folder / "masks.png").is_file():
-        parts.append("<h3>Mask gallery</h3>" + _figure(_png_file(folder / "masks.png"),
-                                                      "validation images, the sampled masks and the masked images"))
-    rows = [[_e(m), _num(r.get("seed")), *(_num(r.get(k)) for k in METRICS)]
-            for m, summary in methods.items() for r in summary.get("per_seed", [])]
+        parts.append(
+            "<h3>Mask gallery</h3>"
+            + _figure(_png_file(folder / "masks.png"), "validation images, the sampled masks and the masked images")
+        )
+    rows = [
+        [_e(m), _num(r.get("seed")), *(_num(r.get(k)) for k in METRICS)]
+        for m, summary in methods.items()
+        for r in summary.get("per_seed", [])
+    ]
     if rows:
         parts.append("<h3>Per seed</h3>" + _table(["method", "seed", *(LABELS[k] for k in METRICS)], rows))
     return "".join(parts) + _commands(folder)
 
 
 # ---------------------------------------------------------------- transfer
+
 
 def _shots_order(key: str) -> tuple[int, int]:
     return (1, 0) if not key.isdigit() else (0, int(key))
@@ -340,10 +410,13 @@ def _shots_order(key: str) -> tuple[int, int]:
 def _transfer_section(folder: Path, scratch: Path) -> str:
     result = _read_json(folder / "transfer.json") or {}
     cfg, results = result.get("config") or {}, result.get("results") or {}
-    pairs = [(k.replace("_", " "), cfg[k]) for k in ("data", "mode", "epochs", "lr", "repeats", "shots", "seed")
-             if k in cfg]
-    parts = [f'<p>{_e(str(result.get("split", "test")).capitalize())} split; mean [95% t-interval] over repeats; '
-             "the training subsets are identical for every checkpoint.</p>"]
+    pairs = [
+        (k.replace("_", " "), cfg[k]) for k in ("data", "mode", "epochs", "lr", "repeats", "shots", "seed") if k in cfg
+    ]
+    parts = [
+        f"<p>{_e(str(result.get('split', 'test')).capitalize())} split; mean [95% t-interval] over repeats; "
+        "the training subsets are identical for every checkpoint.</p>"
+    ]
     if pairs:
         parts.append(_key_values(pairs))
     for label in result.get("checkpoints") or list(results):
@@ -360,9 +433,12 @@ def _transfer_section(folder: Path, scratch: Path) -> str:
             rows.append([_e(shots), _e("/".join(map(str, counts)) or "–"), _num(repeats), *cells])
         info = (result.get("checkpoint_info") or {}).get(label) or {}
         path = f' <span class="pm">{_e(info["path"])}</span>' if info.get("path") else ""
-        parts.append(f"<h3>{_e(label)}{path}</h3>"
-                     + _table(["shots", "images", "repeats", *(LABELS[k] for k in METRICS)], rows))
+        parts.append(
+            f"<h3>{_e(label)}{path}</h3>" + _table(["shots", "images", "repeats", *(LABELS[k] for k in METRICS)], rows)
+        )
     if (folder / "transfer.png").is_file():
-        parts.append("<h3>Transfer curve</h3>" + _figure(_png_file(folder / "transfer.png"),
-                                                         "macro-F1 against training images per class"))
+        parts.append(
+            "<h3>Transfer curve</h3>"
+            + _figure(_png_file(folder / "transfer.png"), "macro-F1 against training images per class")
+        )
     return "".join(parts) + _commands(folder)

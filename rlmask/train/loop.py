@@ -40,7 +40,11 @@ from rlmask.train.tasks import build_task
 class TrainConfig:
     """Options of ``rlmask train`` (and the base of pretrain / finetune)."""
 
-    data: list[str] = option(["synthetic"], "data source(s): file.npz, medmnist:NAME[@SIZE], image folder, synthetic[:k=v,...]", metavar="SPEC")
+    data: list[str] = option(
+        ["synthetic"],
+        "data source(s): file.npz, medmnist:NAME[@SIZE], image folder, synthetic[:k=v,...]",
+        metavar="SPEC",
+    )
     # --- how image folders and manifests are read: rlmask.data.options.DataOptions, same names (issue 14) ---
     val_fraction: float = data_option("val_fraction")
     test_fraction: float = data_option("test_fraction")
@@ -52,59 +56,97 @@ class TrainConfig:
     # --- end of the data options ---
     model: str = option("resnet18", "classifier: a registered model (see `rlmask models`) or timm:<name>")
     epochs: int = option(10, "training epochs")
-    image_size: int | None = option(None, "image side in pixels (default: the largest native side of the data)", metavar="PX")
+    image_size: int | None = option(
+        None, "image side in pixels (default: the largest native side of the data)", metavar="PX"
+    )
     channels: int | None = option(None, "image channels, 1 or 3 (default: 3 if any source is RGB, else 1)")
     batch_size: int = option(64, "training batch size per process")
     eval_batch_size: int = option(256, "evaluation batch size")
     seed: int = option(0, "seed of weights, data order, augmentation and masks")
     out: str = option("runs/train", "output directory", metavar="DIR")
     resume: str | None = option(None, "continue exactly from a checkpoint (DIR/last.pt)", metavar="CKPT")
-    init: str | None = option(None, "initial classifier weights: an rlmask checkpoint, heated.pt or a timm state dict", metavar="CKPT")
+    init: str | None = option(
+        None, "initial classifier weights: an rlmask checkpoint, heated.pt or a timm state dict", metavar="CKPT"
+    )
     optimizer: str = option("sgd", "optimiser of the classifier", choices=["sgd", "adamw", "adam"])
     lr: float = option(0.1, "peak learning rate of the classifier")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(1e-4, "weight decay")
-    schedule: str = option("cosine", "learning-rate schedule after warm-up",
-                           choices=["cosine", "step", "constant", "multistep"])
+    schedule: str = option(
+        "cosine", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant", "multistep"]
+    )
     warmup_epochs: float = option(0.0, "linear warm-up length in epochs")
     warmup_start: float = option(0.01, "learning-rate factor at the start of warm-up")
     step_size: float = option(30.0, "epochs between decays of the step schedule")
     gamma: float = option(0.1, "decay factor of the step and multistep schedules")
-    milestones: list[float] = option([100.0, 200.0], "epochs at which the multistep schedule multiplies the lr by "
-                                     "gamma (Intelligent Masking's reference: 100 200 with gamma 0.33)", metavar="EPOCH")
+    milestones: list[float] = option(
+        [100.0, 200.0],
+        "epochs at which the multistep schedule multiplies the lr by "
+        "gamma (Intelligent Masking's reference: 100 200 with gamma 0.33)",
+        metavar="EPOCH",
+    )
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     clip_grad: float = option(0.0, "clip the classifier's gradient norm to this value (0: off)")
-    amp: bool | None = option(None, "bf16 autocast (default: where the device computes bf16 natively: CUDA GPUs, "
-                              "CPUs with AVX512-BF16 or AMX)")
+    amp: bool | None = option(
+        None,
+        "bf16 autocast (default: where the device computes bf16 natively: CUDA GPUs, CPUs with AVX512-BF16 or AMX)",
+    )
     sync_bn: bool = option(False, "batch-norm statistics over the global batch under torchrun (SyncBatchNorm)")
     compile: bool | None = option(None, "torch.compile the classifier and the agent's networks (default: on CUDA only)")
-    channels_last: bool = option(True, "channels-last memory format for the networks and batches (faster on CPU and GPU)")
-    small_stem: bool | None = option(None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)")
+    channels_last: bool = option(
+        True, "channels-last memory format for the networks and batches (faster on CPU and GPU)"
+    )
+    small_stem: bool | None = option(
+        None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)"
+    )
     train_per_class: int | None = option(None, "use at most this many training images per class (seeded subset)")
-    eval_per_class: int | None = option(None, "evaluate on at most this many val/test images per class (one fixed subset)")
+    eval_per_class: int | None = option(
+        None, "evaluate on at most this many val/test images per class (one fixed subset)"
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading worker processes (image folders)")
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
     cache_dir: str | None = option(None, "download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace a finished run in --out (its metrics, logs and checkpoints)")
-    trust_checkpoint: bool = option(False, "load --init / --resume checkpoints that hold Python objects beyond tensors "
-                                    "and plain data: this RUNS CODE from the file (only for files you trust)")
+    trust_checkpoint: bool = option(
+        False,
+        "load --init / --resume checkpoints that hold Python objects beyond tensors "
+        "and plain data: this RUNS CODE from the file (only for files you trust)",
+    )
 
     def validate(self) -> None:
         """Raise UserError naming the first option that is out of range (before any work is done)."""
-        check_ranges(self, {
-            "epochs": (">=", 1), "batch_size": (">=", 1), "eval_batch_size": (">=", 1), "lr": (">", 0),
-            "seed": (">=", 0), "momentum": ("in", (0, 1)), "weight_decay": (">=", 0), "warmup_epochs": (">=", 0),
-            "warmup_start": (">", 0), "step_size": (">", 0), "gamma": (">", 0), "label_smoothing": ("in", (0, 1)),
-            "clip_grad": (">=", 0), "image_size": (">=", 8), "train_per_class": (">=", 1),
-            "eval_per_class": (">=", 1), "num_workers": (">=", 0), "checkpoint_every": (">=", 0),
-        })
+        check_ranges(
+            self,
+            {
+                "epochs": (">=", 1),
+                "batch_size": (">=", 1),
+                "eval_batch_size": (">=", 1),
+                "lr": (">", 0),
+                "seed": (">=", 0),
+                "momentum": ("in", (0, 1)),
+                "weight_decay": (">=", 0),
+                "warmup_epochs": (">=", 0),
+                "warmup_start": (">", 0),
+                "step_size": (">", 0),
+                "gamma": (">", 0),
+                "label_smoothing": ("in", (0, 1)),
+                "clip_grad": (">=", 0),
+                "image_size": (">=", 8),
+                "train_per_class": (">=", 1),
+                "eval_per_class": (">=", 1),
+                "num_workers": (">=", 0),
+                "checkpoint_every": (">=", 0),
+            },
+        )
         if self.channels not in (None, 1, 3):
             raise UserError(f"--channels {self.channels}: must be 1 or 3")
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
-            raise UserError(f"--warmup-epochs {self.warmup_epochs}: longer than the run (--epochs {self.epochs}); "
-                            "the peak learning rate would never be reached")
+            raise UserError(
+                f"--warmup-epochs {self.warmup_epochs}: longer than the run (--epochs {self.epochs}); "
+                "the peak learning rate would never be reached"
+            )
         DataOptions.from_config(self).validate()
 
 
@@ -118,9 +160,11 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
 
     Fused steps read and write each parameter once instead of once per update term.
     """
-    options = {"sgd": (torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}),
-               "adamw": (torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}),
-               "adam": (torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay})}
+    options = {
+        "sgd": (torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}),
+        "adamw": (torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}),
+        "adam": (torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay}),
+    }
     if name not in options:
         raise UserError(f"--optimizer {name}: unknown optimiser ({', '.join(options)})")
     cls, kwargs = options[name]
@@ -209,8 +253,15 @@ class Progress:
 
 
 def _pool(cfg: TrainConfig, show: bool) -> Pool:
-    pool = build_pool(cfg.data, cfg.image_size, cfg.channels, cache_dir=cfg.cache_dir, progress=show,
-                      options=DataOptions.from_config(cfg), seed=cfg.seed)
+    pool = build_pool(
+        cfg.data,
+        cfg.image_size,
+        cfg.channels,
+        cache_dir=cfg.cache_dir,
+        progress=show,
+        options=DataOptions.from_config(cfg),
+        seed=cfg.seed,
+    )
     if cfg.train_per_class:
         pool = pool.subsample("train", cfg.train_per_class, seed=cfg.seed)
     for split in ("val", "test") if cfg.eval_per_class else ():
@@ -219,8 +270,13 @@ def _pool(cfg: TrainConfig, show: bool) -> Pool:
     return pool
 
 
-def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_name: str = "classify",
-              extra_config: dict | None = None, task_options: dict | None = None) -> Run:
+def build_run(
+    cfg: TrainConfig,
+    make_agent: Callable[[Pool], MaskAgent],
+    task_name: str = "classify",
+    extra_config: dict | None = None,
+    task_options: dict | None = None,
+) -> Run:
     """Pool, task (with ``task_options``), model and agent on the device, optimisers, schedules and the step context."""
     device = runtime.setup(cfg.device)
     world = runtime.world_size()
@@ -242,54 +298,137 @@ def build_run(cfg: TrainConfig, make_agent: Callable[[Pool], MaskAgent], task_na
     model.to(device, memory_format=memory_format)
     agent.to(device, memory_format=memory_format)
 
-    loader = BatchLoader(pool.splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                         device=device, rank=runtime.rank(), world_size=world, num_workers=cfg.num_workers)
+    loader = BatchLoader(
+        pool.splits["train"],
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+        device=device,
+        rank=runtime.rank(),
+        world_size=world,
+        num_workers=cfg.num_workers,
+    )
     steps_per_epoch = len(loader)
     if len(pool.splits["val"]) == 0:
-        raise UserError(f"--data {' '.join(cfg.data)}: the validation split is empty; a run needs validation images "
-                        "(give a val split, or a larger --val-fraction)")
+        raise UserError(
+            f"--data {' '.join(cfg.data)}: the validation split is empty; a run needs validation images "
+            "(give a val split, or a larger --val-fraction)"
+        )
     if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the training split "
-                        f"({len(pool.splits['train'])} images over {world} process(es))")
+        raise UserError(
+            f"--batch-size {cfg.batch_size}: larger than the training split "
+            f"({len(pool.splits['train'])} images over {world} process(es))"
+        )
     total_steps = steps_per_epoch * cfg.epochs
-    sched_kwargs = dict(total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                        warmup_start=cfg.warmup_start, step_size=max(1, round(cfg.step_size * steps_per_epoch)),
-                        gamma=cfg.gamma, milestones=tuple(round(m * steps_per_epoch) for m in cfg.milestones))
+    sched_kwargs = dict(
+        total_steps=total_steps,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_start=cfg.warmup_start,
+        step_size=max(1, round(cfg.step_size * steps_per_epoch)),
+        gamma=cfg.gamma,
+        milestones=tuple(round(m * steps_per_epoch) for m in cfg.milestones),
+    )
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, schedule=cfg.schedule, **sched_kwargs)
     agent_opt = agent_sched = None
     agent_options: AgentOptimizer | None = agent.optimizer_options()
     if agent_options is not None:
-        agent_opt = make_optimizer(agent.parameters(), agent_options.optimizer, agent_options.lr,
-                                   agent_options.momentum, agent_options.weight_decay)
+        agent_opt = make_optimizer(
+            agent.parameters(),
+            agent_options.optimizer,
+            agent_options.lr,
+            agent_options.momentum,
+            agent_options.weight_decay,
+        )
         agent_sched = make_scheduler(agent_opt, schedule=agent_options.schedule, **sched_kwargs)
 
     train_model = model
     if world > 1 and cfg.sync_bn:
         runtime.convert_sync_batchnorm(model, device)
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if runtime.resolve_compile(cfg.compile, device):
         train_model = compile_for_training(train_model, agent)
-    step = TrainStep(train_model, task.loss, optimizer, agent, agent_opt, device=device, amp=amp,
-                     clip_grad=cfg.clip_grad, total_steps=total_steps)
+    step = TrainStep(
+        train_model,
+        task.loss,
+        optimizer,
+        agent,
+        agent_opt,
+        device=device,
+        amp=amp,
+        clip_grad=cfg.clip_grad,
+        total_steps=total_steps,
+    )
     torch.manual_seed(runtime.rank_seed(cfg.seed))  # any global-RNG use (dropout), offset by rank
 
-    config = to_plain(cfg) | {"small_stem": small_stem, "image_size": pool.image_size, "channels": pool.channels,
-                              "world_size": world, "steps_per_epoch": steps_per_epoch, "amp": amp,
-                              "agent_resolved": agent.resolved_config(), "mean": mean, "std": std,
-                              "provenance": runtime.provenance(device)} | (extra_config or {})
-    data_info = {"classes": pool.classes, "channels": pool.channels, "image_size": pool.image_size,
-                 "mean": mean, "std": std}
+    config = (
+        to_plain(cfg)
+        | {
+            "small_stem": small_stem,
+            "image_size": pool.image_size,
+            "channels": pool.channels,
+            "world_size": world,
+            "steps_per_epoch": steps_per_epoch,
+            "amp": amp,
+            "agent_resolved": agent.resolved_config(),
+            "mean": mean,
+            "std": std,
+            "provenance": runtime.provenance(device),
+        }
+        | (extra_config or {})
+    )
+    data_info = {
+        "classes": pool.classes,
+        "channels": pool.channels,
+        "image_size": pool.image_size,
+        "mean": mean,
+        "std": std,
+    }
     model_info = {"name": cfg.model, "small_stem": small_stem, "num_classes": len(pool.classes), "task": task.name}
-    return Run(cfg, Path(cfg.out), device, amp, show, pool, task, model, agent, step, scheduler, agent_sched, loader,
-               Augment(pool.image_size, train=True, mean=mean, std=std),
-               Augment(pool.image_size, train=False, mean=mean, std=std), memory_format, config,
-               data_info, model_info)
+    return Run(
+        cfg,
+        Path(cfg.out),
+        device,
+        amp,
+        show,
+        pool,
+        task,
+        model,
+        agent,
+        step,
+        scheduler,
+        agent_sched,
+        loader,
+        Augment(pool.image_size, train=True, mean=mean, std=std),
+        Augment(pool.image_size, train=False, mean=mean, std=std),
+        memory_format,
+        config,
+        data_info,
+        model_info,
+    )
 
 
-RESUME_KEYS = ("data", "model", "image_size", "batch_size", "seed", "method", "agent", "world_size", "val_fraction",
-               "test_fraction", "split_seed", "exclude", "keep_masks", "skip_bad_rows", "window")
+RESUME_KEYS = (
+    "data",
+    "model",
+    "image_size",
+    "batch_size",
+    "seed",
+    "method",
+    "agent",
+    "world_size",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+    "exclude",
+    "keep_masks",
+    "skip_bad_rows",
+    "window",
+)
 
 
 def restore(run: Run, path: str) -> Progress:
@@ -298,8 +437,10 @@ def restore(run: Run, path: str) -> Progress:
     old = ckpt.get("config", {})
     for key in RESUME_KEYS:
         if key in old and old.get(key) != run.config.get(key):
-            raise UserError(f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "
-                            f"this run has {key}={run.config.get(key)!r}")
+            raise UserError(
+                f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "
+                f"this run has {key}={run.config.get(key)!r}"
+            )
     step = run.step
     try:
         run.model.load_state_dict(ckpt["model"])
@@ -310,8 +451,9 @@ def restore(run: Run, path: str) -> Progress:
         if step.agent_optimizer is not None:
             step.agent_optimizer.load_state_dict(ckpt["agent_optimizer"])
             run.agent_scheduler.load_state_dict(ckpt["agent_scheduler"])
-        progress = Progress(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt.get("best") or initial_best(run.task),
-                            ckpt.get("metrics"))
+        progress = Progress(
+            ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt.get("best") or initial_best(run.task), ckpt.get("metrics")
+        )
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         why = reason(err)
         raise UserError(f"--resume {path}: does not fit this run ({why})") from None
@@ -329,13 +471,25 @@ def checkpoint_state(run: Run, progress: Progress) -> dict:
     """The checkpoint schema (see the README): enough to continue exactly where ``progress`` stands."""
     step = run.step
     step.raise_if_diverged()  # never save a diverged model over a good checkpoint
-    return {"kind": "rlmask", "model": run.model.state_dict(), "optimizer": step.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "epoch": progress.epoch, "batch": progress.batch,
-            "step": progress.step, "config": run.config, "rng_state": runtime.capture_rng(),
-            "metrics": progress.last_val, "best": progress.best, "agent": run.agent.state_dict() or None,
-            "agent_optimizer": step.agent_optimizer.state_dict() if step.agent_optimizer else None,
-            "agent_scheduler": run.agent_scheduler.state_dict() if run.agent_scheduler else None,
-            "data": run.data_info, "model_info": run.model_info, "epoch_logs": progress.logs.state_dict()}
+    return {
+        "kind": "rlmask",
+        "model": run.model.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "step": progress.step,
+        "config": run.config,
+        "rng_state": runtime.capture_rng(),
+        "metrics": progress.last_val,
+        "best": progress.best,
+        "agent": run.agent.state_dict() or None,
+        "agent_optimizer": step.agent_optimizer.state_dict() if step.agent_optimizer else None,
+        "agent_scheduler": run.agent_scheduler.state_dict() if run.agent_scheduler else None,
+        "data": run.data_info,
+        "model_info": run.model_info,
+        "epoch_logs": progress.logs.state_dict(),
+    }
 
 
 def train_epoch(run: Run, progress: Progress) -> float:
@@ -350,11 +504,17 @@ def train_epoch(run: Run, progress: Progress) -> float:
     crops = run.train_aug.sample(n_train, torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
     order = run.loader.indices(epoch)  # (per_rank,) this process's samples in batch order
     steps_per_epoch = len(run.loader)
-    bar = tqdm(run.loader.epoch(epoch, start_batch=progress.batch), total=steps_per_epoch, initial=progress.batch,
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if run.show else True)
+    bar = tqdm(
+        run.loader.epoch(epoch, start_batch=progress.batch),
+        total=steps_per_epoch,
+        initial=progress.batch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        disable=None if run.show else True,
+    )
     try:
         for x_u8, y in bar:
-            theta = crops[order[progress.batch * cfg.batch_size:(progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
+            theta = crops[order[progress.batch * cfg.batch_size : (progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
             x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S)
             progress.logs.add(run.agent.train_step(run.step.begin(epoch, progress.step), x, y))
             run.scheduler.step()
@@ -363,8 +523,12 @@ def train_epoch(run: Run, progress: Progress) -> float:
             progress.batch += 1
             progress.step += 1
             mid_epoch = progress.batch < steps_per_epoch
-            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and mid_epoch \
-                    and runtime.is_main_process():
+            if (
+                cfg.checkpoint_every
+                and progress.step % cfg.checkpoint_every == 0
+                and mid_epoch
+                and runtime.is_main_process()
+            ):
                 save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
     finally:
         bar.close()  # before any error message, so it stands on its own line
@@ -374,8 +538,14 @@ def train_epoch(run: Run, progress: Progress) -> float:
 
 def _eval_kwargs(run: Run, progress_name: str | None) -> dict:
     train = {"train": run.pool.splits["train"]} if getattr(run.task, "wants_train_split", False) else {}
-    return dict(batch_size=run.cfg.eval_batch_size, device=run.device, amp=run.amp,
-                progress=progress_name if run.show else None, num_workers=run.cfg.num_workers, **train)
+    return dict(
+        batch_size=run.cfg.eval_batch_size,
+        device=run.device,
+        amp=run.amp,
+        progress=progress_name if run.show else None,
+        num_workers=run.cfg.num_workers,
+        **train,
+    )
 
 
 def _view_fn(view, generator: torch.Generator):
@@ -390,8 +560,9 @@ def validate(run: Run, progress: Progress) -> dict:
     record = {f"val/{k}": progress.last_val[k] for k in run.task.summary_metrics}
     for name, view in run.agent.eval_views().items():  # e.g. PGNM's base mask: val_masked/...
         generator = torch.Generator().manual_seed(run.cfg.seed * 31 + epoch)
-        scores = run.task.validate(run.model, split, classes, run.eval_aug, view=_view_fn(view, generator),
-                                   **_eval_kwargs(run, f"val {name}"))
+        scores = run.task.validate(
+            run.model, split, classes, run.eval_aug, view=_view_fn(view, generator), **_eval_kwargs(run, f"val {name}")
+        )
         record |= {f"val_{name}/{k}": scores[k] for k in run.task.summary_metrics}
     return record
 
@@ -426,8 +597,9 @@ def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
     metrics = {}
     for split in ("val", "test"):
         if split in splits:
-            metrics[split] = run.task.validate(run.model, splits[split], classes, run.eval_aug,
-                                               **_eval_kwargs(run, split))
+            metrics[split] = run.task.validate(
+                run.model, splits[split], classes, run.eval_aug, **_eval_kwargs(run, split)
+            )
         else:
             metrics[split] = None
     metrics["best"] = progress.best
@@ -435,9 +607,14 @@ def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
         for split in ("val", "test") if view.final else ():
             if split in splits:
                 generator = torch.Generator().manual_seed(run.cfg.seed * 31 + run.cfg.epochs)
-                metrics[f"{split}_{name}"] = run.task.validate(run.model, splits[split], classes, run.eval_aug,
-                                                               view=_view_fn(view, generator),
-                                                               **_eval_kwargs(run, f"{split} {name}"))
+                metrics[f"{split}_{name}"] = run.task.validate(
+                    run.model,
+                    splits[split],
+                    classes,
+                    run.eval_aug,
+                    view=_view_fn(view, generator),
+                    **_eval_kwargs(run, f"{split} {name}"),
+                )
     predictions = None  # the test split's predictions, kept for paired comparisons (predictions.npz)
     if hasattr(run.task, "predict") and "test" in splits:
         predictions = run.task.predict(run.model, splits["test"], run.eval_aug, **_eval_kwargs(run, None))
@@ -482,7 +659,13 @@ def fit(
         seconds = train_epoch(run, progress)
         train_logs = progress.logs.means()
         scores = validate(run, progress)
-        record = {"epoch": progress.epoch, "step": progress.step, "lr": run.scheduler.get_last_lr()[0],
-                  "train_seconds": round(seconds, 3), **train_logs, **scores}
+        record = {
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "lr": run.scheduler.get_last_lr()[0],
+            "train_seconds": round(seconds, 3),
+            **train_logs,
+            **scores,
+        }
         end_epoch(run, progress, record, log_lines)
     return finish(run, progress, on_finish)

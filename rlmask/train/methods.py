@@ -42,13 +42,16 @@ FINETUNE_WARMUP = 0.7  # the reference fine-tune warms up over 7 of its 10 epoch
 class FinetuneConfig(TrainConfig):
     """Options of ``rlmask finetune``; defaults are the reference's fine-tuning schedule."""
 
-    model: str | None = option(None, "classifier (default: the --init checkpoint's architecture, from the checkpoint "
-                                     "or the config.json beside it)")
+    model: str | None = option(
+        None,
+        "classifier (default: the --init checkpoint's architecture, from the checkpoint or the config.json beside it)",
+    )
     epochs: int = option(10, "fine-tuning epochs")
     lr: float = option(1e-3, "peak learning rate")
     schedule: str = option("step", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant"])
-    warmup_epochs: float | None = option(None, "linear warm-up length in epochs (default: 0.7 of --epochs, the "
-                                         "reference's 7 of 10)")
+    warmup_epochs: float | None = option(
+        None, "linear warm-up length in epochs (default: 0.7 of --epochs, the reference's 7 of 10)"
+    )
     warmup_start: float = option(0.01, "learning-rate factor at the start of warm-up")
     out: str = option("runs/finetune", "output directory", metavar="DIR")
 
@@ -81,8 +84,16 @@ def write_policy_summary(run: Run) -> dict:
     summary: dict = {}
     split = run.pool.splits.get("val")
     if split is not None and len(split):
-        loader = BatchLoader(split, run.cfg.eval_batch_size, shuffle=False, seed=0, drop_last=False,
-                             device=run.device, rank=0, world_size=1)
+        loader = BatchLoader(
+            split,
+            run.cfg.eval_batch_size,
+            shuffle=False,
+            seed=0,
+            drop_last=False,
+            device=run.device,
+            rank=0,
+            world_size=1,
+        )
         sums = torch.zeros(len(run.pool.classes), dtype=torch.float64)
         counts = torch.zeros(len(run.pool.classes), dtype=torch.float64)
         for x_u8, y in loader.epoch(0):
@@ -90,8 +101,9 @@ def write_policy_summary(run: Run) -> dict:
             y = y.cpu()
             sums.index_add_(0, y, keep)
             counts.index_add_(0, y, torch.ones_like(keep))
-        summary["val_mask_mean_per_class"] = {c: (sums[i] / counts[i]).item() if counts[i] else None
-                                              for i, c in enumerate(run.pool.classes)}
+        summary["val_mask_mean_per_class"] = {
+            c: (sums[i] / counts[i]).item() if counts[i] else None for i, c in enumerate(run.pool.classes)
+        }
     records = [r for r in read_jsonl(run.out / "log.jsonl") if "policy/moved_fraction" in r]
     if records:
         last = records[-1]
@@ -100,8 +112,10 @@ def write_policy_summary(run: Run) -> dict:
         moved = last["policy/moved_fraction"]
         summary["barely_moved"] = moved < BARELY_MOVED
         if summary["barely_moved"]:
-            tqdm.write(f"policy barely moved: {moved:.4f} of the cells' Beta means are > {MOVED} from the initial "
-                       f"ones in the last epoch (KL from the initial Beta {last.get('policy/kl_from_initial', 0):.4g})")
+            tqdm.write(
+                f"policy barely moved: {moved:.4f} of the cells' Beta means are > {MOVED} from the initial "
+                f"ones in the last epoch (KL from the initial Beta {last.get('policy/kl_from_initial', 0):.4g})"
+            )
     write_json(run.out / "policy_summary.json", summary)
     return summary
 
@@ -130,8 +144,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.model is None:  # the architecture the heated model was trained as
         arch = init_architecture(cfg.init or cfg.resume, cfg.trust_checkpoint)
         if arch["model"] is None:
-            raise UserError(f"--init {cfg.init}: a plain state dict without a config.json beside it; name its "
-                            "architecture with --model")
+            raise UserError(
+                f"--init {cfg.init}: a plain state dict without a config.json beside it; name its "
+                "architecture with --model"
+            )
         small_stem = cfg.small_stem if cfg.small_stem is not None else arch["small_stem"]
         cfg = dataclasses.replace(cfg, model=arch["model"], small_stem=small_stem)
     return fit(cfg, extra_config={"method": "finetune"})

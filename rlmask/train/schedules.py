@@ -61,9 +61,7 @@ def lr_factor(
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, **options
-) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, **options) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR applying :func:`lr_factor` (same keyword options) to every parameter group.
 
     Call ``scheduler.step()`` once per optimiser step. The multiplier is a ``functools.partial`` of a

@@ -62,8 +62,10 @@ class TrainStep:
             self._diverged(float("nan"))
 
     def _diverged(self, value: float) -> None:
-        raise UserError(f"epoch {self.epoch + 1}, step {self.step + 1}: the training loss is {value} (not finite): "
-                        "the run diverged; lower --lr or set --clip-grad (checkpoints already written are kept)")
+        raise UserError(
+            f"epoch {self.epoch + 1}, step {self.step + 1}: the training loss is {value} (not finite): "
+            "the run diverged; lower --lr or set --clip-grad (checkpoints already written are kept)"
+        )
 
     def begin(self, epoch: int, step: int) -> TrainStep:
         """Set where training stands before a batch (``step``: optimiser steps done so far)."""

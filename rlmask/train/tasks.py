@@ -55,8 +55,15 @@ class ClassifyTask:
         """Per-sample cross-entropy (B,) of ``model`` on images x (B, C, H, W) with labels y (B,)."""
         return cross_entropy(model(x), y, self.label_smoothing)
 
-    def validate(self, model: nn.Module, split: Split, classes: list[str], transform: Augment,
-                 view: Callable | None = None, **kwargs) -> dict:
+    def validate(
+        self,
+        model: nn.Module,
+        split: Split,
+        classes: list[str],
+        transform: Augment,
+        view: Callable | None = None,
+        **kwargs,
+    ) -> dict:
         """Metrics of ``model`` on ``split`` (see ``classification_metrics``), under ``view`` if given."""
         return evaluate_split(model, split, classes, transform, mask_fn=view, **kwargs)
 
@@ -107,8 +114,16 @@ class ReconstructTask:
     maximize = False
     summary_metrics = ("rec_error", "rec_error_image", "probe_macro_f1")  # an instance lists the probe's if on
 
-    def __init__(self, label_smoothing: float = 0.0, scaling: str = "rlmask", grid: int = 9, val_block: int = 3,
-                 val_seed: int = 0, probe: bool = False, probe_images: int = 2000):
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        scaling: str = "rlmask",
+        grid: int = 9,
+        val_block: int = 3,
+        val_seed: int = 0,
+        probe: bool = False,
+        probe_images: int = 2000,
+    ):
         if scaling not in SCALINGS:
             raise UserError(f"--scaling {scaling}: choose from {', '.join(SCALINGS)}")
         if not 1 <= val_block <= grid:
@@ -125,8 +140,14 @@ class ReconstructTask:
             raise UserError(f"--model {name}: the reconstruct task needs a built-in backbone (see `rlmask models`)")
         return Reconstructor(create_model(name, 0, in_chans=in_chans, small_stem=small_stem), in_chans)
 
-    def loss(self, model: nn.Module, x_masked: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-             out: dict | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        x_masked: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        out: dict | None = None,
+    ) -> torch.Tensor:
         """Per-sample (B,) squared error of ``model(x_masked)`` against ``target`` on the hidden pixels
         (``mask`` (B, 1, H, W): 1 = hidden) divided by the hidden area. ``out``, when given, receives the
         reconstruction (``out["reconstruction"]``, (B, C, H, W), still in the graph)."""
@@ -136,9 +157,21 @@ class ReconstructTask:
         return masked_squared_error(pred, target, mask)
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, split: Split, classes: list[str], transform: Augment,
-                 view: Callable | None = None, *, batch_size: int = 256, device: torch.device | str = "cpu",
-                 amp: bool = False, progress: str | None = None, num_workers: int = 0, train: Split | None = None) -> dict:
+    def validate(
+        self,
+        model: nn.Module,
+        split: Split,
+        classes: list[str],
+        transform: Augment,
+        view: Callable | None = None,
+        *,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        progress: str | None = None,
+        num_workers: int = 0,
+        train: Split | None = None,
+    ) -> dict:
         """``rec_error``: mean over ``split`` of the hidden-block error on the fixed validation blocks;
         ``rec_error_image``: the whole-image mean squared error of the same reconstructions; with ``probe``
         and a ``train`` split, ``probe_macro_f1``. ``view`` (a classification view) does not apply."""
@@ -146,38 +179,57 @@ class ReconstructTask:
         was_training = model.training
         model.eval()
         corners = fixed_block_corners(len(split), self.grid, self.val_block, self.val_seed)  # (N, 2)
-        loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device,
-                             num_workers=num_workers)
+        loader = BatchLoader(
+            split, batch_size, shuffle=False, seed=0, drop_last=False, device=device, num_workers=num_workers
+        )
         masked, whole, start = [], [], 0
         for x_u8, _ in loader.epoch(0):
             x = transform(x_u8, None)  # (B, C, S, S)
-            hidden = block_mask(corners[start:start + len(x)].to(device), self.val_block, self.grid, x.shape[-2:])
+            hidden = block_mask(corners[start : start + len(x)].to(device), self.val_block, self.grid, x.shape[-2:])
             start += len(x)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = model(x * (1 - hidden))
             masked.append(masked_squared_error(pred, x, hidden).cpu())
             whole.append((pred.float() - x).square().mean((1, 2, 3)).cpu())
         model.train(was_training)
-        metrics = {"rec_error": torch.cat(masked).mean().item(), "rec_error_image": torch.cat(whole).mean().item(),
-                   "val_block": self.val_block, "grid": self.grid, "n": len(split)}
+        metrics = {
+            "rec_error": torch.cat(masked).mean().item(),
+            "rec_error_image": torch.cat(whole).mean().item(),
+            "val_block": self.val_block,
+            "grid": self.grid,
+            "n": len(split),
+        }
         if self.probe and train is not None:
             metrics["probe_macro_f1"] = self.probe_score(model, train, split, classes, transform, device, batch_size)
         return metrics
 
-    def probe_score(self, model: nn.Module, train: Split, split: Split, classes: list[str], transform: Augment,
-                    device: torch.device, batch_size: int) -> float:
+    def probe_score(
+        self,
+        model: nn.Module,
+        train: Split,
+        split: Split,
+        classes: list[str],
+        transform: Augment,
+        device: torch.device,
+        batch_size: int,
+    ) -> float:
         """Macro-F1 on ``split`` of a logistic regression on the frozen encoder's pooled features."""
         from sklearn.linear_model import LogisticRegression
 
-        index = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.val_seed))[:self.probe_images]
-        feats = [_pooled_features(model.encoder, s, transform, device, batch_size)
-                 for s in (train.subset(index.sort().values), split)]
+        index = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.val_seed))[: self.probe_images]
+        feats = [
+            _pooled_features(model.encoder, s, transform, device, batch_size)
+            for s in (train.subset(index.sort().values), split)
+        ]
         mean, std = feats[0].mean(0), feats[0].std(0).clamp_min(1e-6)
-        head = LogisticRegression(max_iter=500).fit(((feats[0] - mean) / std).numpy(),
-                                                    train.labels[index.sort().values].numpy())
+        head = LogisticRegression(max_iter=500).fit(
+            ((feats[0] - mean) / std).numpy(), train.labels[index.sort().values].numpy()
+        )
         probs = head.predict_proba(((feats[1] - mean) / std).numpy())
         full = torch.zeros(len(split), len(classes), dtype=torch.float64)
-        full[:, torch.as_tensor(head.classes_)] = torch.as_tensor(probs, dtype=torch.float64)  # classes absent from the subset: 0
+        full[:, torch.as_tensor(head.classes_)] = torch.as_tensor(
+            probs, dtype=torch.float64
+        )  # classes absent from the subset: 0
         return classification_metrics(full.numpy(), split.labels.numpy(), classes)["macro_f1"]
 
     def export(self, model: nn.Module, out: Path) -> None:
@@ -187,15 +239,20 @@ class ReconstructTask:
 
 
 @torch.no_grad()
-def _pooled_features(encoder: nn.Module, split: Split, transform: Augment, device: torch.device,
-                     batch_size: int) -> torch.Tensor:
+def _pooled_features(
+    encoder: nn.Module, split: Split, transform: Augment, device: torch.device, batch_size: int
+) -> torch.Tensor:
     was_training = encoder.training
     encoder.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
-    out = [encoder.forward_head(encoder.forward_features(transform(x_u8, None)), pre_logits=True).float().cpu()
-           for x_u8, _ in loader.epoch(0)]
+    out = [
+        encoder.forward_head(encoder.forward_features(transform(x_u8, None)), pre_logits=True).float().cpu()
+        for x_u8, _ in loader.epoch(0)
+    ]
     encoder.train(was_training)
     return torch.cat(out)  # (N, D)
+
+
 # >>> reconstruct
 
 

@@ -28,8 +28,10 @@ def test_reference_agent_loss_matches_a_hand_computation():
     bce_m = [(-ln(0.8) - ln(0.5)) / 2, (-ln(1 - 0.2) - ln(1 - 0.5)) / 2]  # BCE(p, M)
     bce_0 = [(-ln(1 - 0.8) - ln(1 - 0.5)) / 2, (-ln(1 - 0.2) - ln(1 - 0.5)) / 2]  # BCE(p, 0)
     bce_1 = [(-ln(0.8) - ln(0.5)) / 2, (-ln(0.2) - ln(0.5)) / 2]  # BCE(p, 1)
-    terms = [100 * 2.0 * bce_m[0] + 0.1 * 2.0 * bce_0[0] + 0.01 * 2.0 * bce_1[0],
-             100 * -1.0 * bce_m[1] + 0.1 * 1.0 * bce_0[1] + 0.01 * 1.0 * bce_1[1]]
+    terms = [
+        100 * 2.0 * bce_m[0] + 0.1 * 2.0 * bce_0[0] + 0.01 * 2.0 * bce_1[0],
+        100 * -1.0 * bce_m[1] + 0.1 * 1.0 * bce_0[1] + 0.01 * 1.0 * bce_1[1],
+    ]
     expected = sum(terms) / 2  # = 23.0556...
     assert abs(expected - 23.05562) < 1e-4
     got = reference_agent_loss(logits, action, advantage)
@@ -37,8 +39,11 @@ def test_reference_agent_loss_matches_a_hand_computation():
     # A batch reward (the same R for every sample) is the reference's loss on BCE means over the whole batch.
     flat = nn.BCELoss()
     same = torch.tensor([0.5, 0.5])
-    reference = (100 * 0.5 * flat(p, action) + 0.1 * 0.5 * flat(p, torch.zeros_like(p))
-                 + 0.01 * 0.5 * flat(p, torch.ones_like(p)))
+    reference = (
+        100 * 0.5 * flat(p, action)
+        + 0.1 * 0.5 * flat(p, torch.zeros_like(p))
+        + 0.01 * 0.5 * flat(p, torch.ones_like(p))
+    )
     assert reference_agent_loss(logits, action, same).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
@@ -91,7 +96,7 @@ S, K = 16, 6  # image side, side of the square region the label depends on
 
 def region(top: int, left: int) -> torch.Tensor:
     mask = torch.zeros(1, 1, S, S, dtype=torch.bool)
-    mask[..., top:top + K, left:left + K] = True
+    mask[..., top : top + K, left : left + K] = True
     return mask
 
 
@@ -108,18 +113,30 @@ def train_toy(where: torch.Tensor, steps: int = 900, seed: int = 0):
     task = build_task("classify")
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 64, 2))
-    options = {"agent_channels": [8, 16], "agent_policy": "bernoulli", "policy_grid": 8, "max_area": 0.15,
-               "agent_lr": 3e-3}
+    options = {
+        "agent_channels": [8, 16],
+        "agent_policy": "bernoulli",
+        "policy_grid": 8,
+        "max_area": 0.15,
+        "agent_lr": 3e-3,
+    }
     agent = AGENTS["apga"].build(S, 1, seed=seed, options=options)
     o = agent.optimizer_options()
-    ctx = TrainStep(model, task.loss, make_optimizer(model.parameters(), "sgd", 0.05, 0.9, 0), agent,
-                    make_optimizer(agent.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay),
-                    device=torch.device("cpu"), total_steps=steps)
+    ctx = TrainStep(
+        model,
+        task.loss,
+        make_optimizer(model.parameters(), "sgd", 0.05, 0.9, 0),
+        agent,
+        make_optimizer(agent.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay),
+        device=torch.device("cpu"),
+        total_steps=steps,
+    )
     g = torch.Generator().manual_seed(seed + 100)
     model.train()
     agent.train()
-    rewards = [agent.train_step(ctx.begin(0, s), *toy_batch(g, 32, where))["policy/reward"].item()
-               for s in range(steps)]
+    rewards = [
+        agent.train_step(ctx.begin(0, s), *toy_batch(g, 32, where))["policy/reward"].item() for s in range(steps)
+    ]
     x, _ = toy_batch(torch.Generator().manual_seed(999), 64, where)
     removed = agent.sample_masks(x)["probability"] > 0.5  # (64, 1, S, S)
     iou = ((removed & where).flatten(1).sum(1) / (removed | where).flatten(1).sum(1).clamp(min=1)).mean().item()

@@ -43,8 +43,9 @@ def make(options: dict, seed: int = 0, total_steps: int = 100, model_name: str =
 
 def test_q_network_learns_to_hide_the_region_that_is_hard_to_inpaint():
     steps = 60
-    task, model, agent, _, _, ctx = make({"grid": G, "block": 1, "q_channels": "8,16,16", "q_lr": 3e-3,
-                                          "explore_fraction": 0.5}, total_steps=steps)
+    task, model, agent, _, _, ctx = make(
+        {"grid": G, "block": 1, "q_channels": "8,16,16", "q_lr": 3e-3, "explore_fraction": 0.5}, total_steps=steps
+    )
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         logs = agent.train_step(ctx.begin(0, step), toy_images(24, g), torch.zeros(24, dtype=torch.long))
@@ -119,18 +120,32 @@ def test_reconstructor_output_and_exported_encoder(model_name, tmp_path):
     assert state.keys() == model.encoder.state_dict().keys() and not any(k.startswith("fc.") for k in state)
 
 
-@pytest.mark.parametrize("bad, flag", [({"masking": "smart"}, "--masking smart"), ({"block": 12}, "--block 12"),
-                                       ({"q_channels": "8,x"}, "--q-channels 8,x"),
-                                       ({"masks_per_image": 0}, "--masks-per-image 0"),
-                                       ({"scaling": "unit"}, "--scaling unit")])
+@pytest.mark.parametrize(
+    "bad, flag",
+    [
+        ({"masking": "smart"}, "--masking smart"),
+        ({"block": 12}, "--block 12"),
+        ({"q_channels": "8,x"}, "--q-channels 8,x"),
+        ({"masks_per_image": 0}, "--masks-per-image 0"),
+        ({"scaling": "unit"}, "--scaling unit"),
+    ],
+)
 def test_bad_options_name_the_option(bad, flag):
     with pytest.raises(UserError, match=f"^{flag}"):
         AGENTS["context"].make_options(bad)
 
 
 def test_replay_buffer_and_target_network_continue_exactly():
-    options = {"grid": G, "block": 1, "q_channels": "8,8", "replay_size": 40, "replay_batch": 8,
-               "target_update": 2, "masks_per_image": 2, "exploration": "epsilon"}
+    options = {
+        "grid": G,
+        "block": 1,
+        "q_channels": "8,8",
+        "replay_size": 40,
+        "replay_batch": 8,
+        "target_update": 2,
+        "masks_per_image": 2,
+        "exploration": "epsilon",
+    }
     g = torch.Generator().manual_seed(0)
     batches = [toy_images(8, g) for _ in range(4)]
     y = torch.zeros(8, dtype=torch.long)

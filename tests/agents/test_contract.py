@@ -25,8 +25,15 @@ def plain_checkpoint(path) -> str:
     """An rlmask checkpoint of a plain resnet10t for the data of these tests (agents that need a plain model)."""
     if not path.is_file():
         model = build_task("classify").build_model("resnet10t", K, C, small_stem=True)
-        torch.save({"kind": "rlmask", "model": model.state_dict(), "data": {"channels": C, "classes": None},
-                    "model_info": {"name": "resnet10t", "num_classes": K, "small_stem": True}}, path)
+        torch.save(
+            {
+                "kind": "rlmask",
+                "model": model.state_dict(),
+                "data": {"channels": C, "classes": None},
+                "model_info": {"name": "resnet10t", "num_classes": K, "small_stem": True},
+            },
+            path,
+        )
     return str(path)
 
 
@@ -41,8 +48,11 @@ def setup(name: str, seed: int = 0):
     agent = spec.build(S, C, seed=seed, options=options)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
     options = agent.optimizer_options()
-    agent_opt = make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum,
-                               options.weight_decay) if options else None
+    agent_opt = (
+        make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum, options.weight_decay)
+        if options
+        else None
+    )
     ctx = TrainStep(model, task.loss, opt, agent, agent_opt, device=torch.device("cpu"), total_steps=10)
     return model, agent, opt, agent_opt, ctx
 

@@ -49,7 +49,9 @@ def test_geometry_overrides_and_bad_values():
 
 
 @pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
-@pytest.mark.parametrize("grid,size,kernel,sigma", [(18, (64, 64), 3, 1.7), (5, (16, 23), 5, 2.0), (8, (28, 28), 1, 1.0)])
+@pytest.mark.parametrize(
+    "grid,size,kernel,sigma", [(18, (64, 64), 3, 1.7), (5, (16, 23), 5, 2.0), (8, (28, 28), 1, 1.0)]
+)
 def test_render_equals_upsampling_then_blurring_the_image(upsample, grid, size, kernel, sigma):
     cells = torch.rand(3, grid * grid, generator=torch.Generator().manual_seed(grid))
     options = {"align_corners": False} if upsample == "bilinear" else {}

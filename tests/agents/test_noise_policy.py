@@ -203,6 +203,7 @@ def test_ema_base_update_for_one_step_and_heads_run_once():
         def record(module, inputs, out):
             calls[name] += 1
             outputs[name] = out.detach().clone()
+
         return record
 
     policy.head_a.register_forward_hook(hook("a"))
@@ -282,21 +283,32 @@ def test_mask_stream_resumes_exactly_from_the_state_dict():
 
 
 def test_config_validation_options_and_resolved_config():
-    for bad in (dict(objective="ppo"), dict(objective="reference", policy_sign="adversarial"),
-                dict(objective="reference", entropy_coef=0.1), dict(base_mix=1.5), dict(upsample="cubic"),
-                dict(kernel=4), dict(min_concentration=1.0, max_concentration=0.5),
-                dict(objective="reference", area_target=0.5), dict(area_target=1.5), dict(log_prob_reduction="max")):
+    for bad in (
+        dict(objective="ppo"),
+        dict(objective="reference", policy_sign="adversarial"),
+        dict(objective="reference", entropy_coef=0.1),
+        dict(base_mix=1.5),
+        dict(upsample="cubic"),
+        dict(kernel=4),
+        dict(min_concentration=1.0, max_concentration=0.5),
+        dict(objective="reference", area_target=0.5),
+        dict(area_target=1.5),
+        dict(log_prob_reduction="max"),
+    ):
         with pytest.raises(UserError):
             make_agent(**bad)
     agent = make_agent(policy_lr=0.02, policy_optimizer="adamw")
-    assert agent.optimizer_options() == AgentOptimizer(lr=0.02, momentum=0.9, weight_decay=1e-4,
-                                                       optimizer="adamw", schedule="constant")
+    assert agent.optimizer_options() == AgentOptimizer(
+        lr=0.02, momentum=0.9, weight_decay=1e-4, optimizer="adamw", schedule="constant"
+    )
     # each objective's defaults: the reference's published values, reinforce's measured ones (issue 17)
     assert make_agent(objective="reference").optimizer_options() == AgentOptimizer(
-        lr=0.01, momentum=0.9, weight_decay=1e-4, optimizer="sgd", schedule="cosine")
+        lr=0.01, momentum=0.9, weight_decay=1e-4, optimizer="sgd", schedule="cosine"
+    )
     assert make_agent(objective="reference").policy.base_mix == 0.9 and make_agent().policy.base_mix == 0.5
-    assert make_agent().optimizer_options() == AgentOptimizer(lr=1e-3, momentum=0.9, weight_decay=1e-4,
-                                                              optimizer="adam", schedule="constant")
+    assert make_agent().optimizer_options() == AgentOptimizer(
+        lr=1e-3, momentum=0.9, weight_decay=1e-4, optimizer="adam", schedule="constant"
+    )
     resolved = agent.resolved_config()
     assert resolved["method"] == "pgnm" and resolved["objective"] == "reinforce"
     assert (resolved["grid"], resolved["kernel"], resolved["sigma"]) == (5, 3, pytest.approx(6 * S / 224))
@@ -324,8 +336,11 @@ def test_gaussian_noise_agent_adds_noise_of_the_configured_std():
     assert noise.std().item() == pytest.approx(0.5, rel=0.1)  # B*C*S*S = 1024 draws
     assert abs(noise.mean().item()) < 0.1
     torch.testing.assert_close(logs["losses/ce"], criterion(model.linear(model.seen), y).mean())
-    assert agent.eval_views() == {} and agent.sample_masks(x, None) is None and agent.resolved_config() == {"method": "gaussian-noise",
-                                                                              "noise_std": 0.5}
+    assert (
+        agent.eval_views() == {}
+        and agent.sample_masks(x, None) is None
+        and agent.resolved_config() == {"method": "gaussian-noise", "noise_std": 0.5}
+    )
 
 
 def test_log_prob_and_entropy_equal_torch_beta_with_gradients():

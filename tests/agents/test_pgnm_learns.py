@@ -33,8 +33,14 @@ AMPLITUDE = 0.15  # of the label pattern, against noise of std 1
 MARGIN = 0.2  # what "clearly higher" means: label cells kept >= 0.2 more than the rest (of a [0, 1] range)
 
 # The options of the reinforce objective before issue 17 (what pgnm-reinforce ran with), for the record.
-OLD_REINFORCE = dict(base_mix=0.9, policy_lr=0.01, policy_optimizer="sgd", policy_schedule="cosine",
-                     log_prob_reduction="sum", advantage_norm=False)
+OLD_REINFORCE = dict(
+    base_mix=0.9,
+    policy_lr=0.01,
+    policy_optimizer="sgd",
+    policy_schedule="cosine",
+    log_prob_reduction="sum",
+    advantage_norm=False,
+)
 
 
 def make_data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +55,9 @@ def make_data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train_known_optimum(seed: int, steps: int = STEPS, freeze_features: bool = True,
-                        classifier_lr: float = CLASSIFIER_LR, **options) -> dict:
+def train_known_optimum(
+    seed: int, steps: int = STEPS, freeze_features: bool = True, classifier_lr: float = CLASSIFIER_LR, **options
+) -> dict:
     """Train the PGNM agent and a linear classifier for ``steps`` batches; the policy's margin and rewards.
 
     Returns {"margin0", "margin": label-minus-rest mean keep before / after, "reward_first",
@@ -70,8 +77,15 @@ def train_known_optimum(seed: int, steps: int = STEPS, freeze_features: bool = T
     trainable = [p for p in agent.parameters() if p.requires_grad]
     agent_opt = make_optimizer(trainable, a.optimizer, a.lr, a.momentum, a.weight_decay)
     agent_sched = make_scheduler(agent_opt, total_steps=steps, schedule=a.schedule)
-    ctx = TrainStep(model, lambda m, x, y: F.cross_entropy(m(x), y, reduction="none"), opt, agent, agent_opt,
-                    device=torch.device("cpu"), total_steps=steps)
+    ctx = TrainStep(
+        model,
+        lambda m, x, y: F.cross_entropy(m(x), y, reduction="none"),
+        opt,
+        agent,
+        agent_opt,
+        device=torch.device("cpu"),
+        total_steps=steps,
+    )
 
     def margin() -> float:
         keep = agent.cell_means(probe)  # (64, G*G)
@@ -84,8 +98,13 @@ def train_known_optimum(seed: int, steps: int = STEPS, freeze_features: bool = T
         logs = agent.train_step(ctx.begin(0, step), x_all[batch], y_all[batch])
         agent_sched.step()
         rewards.append(logs["policy/reward"].item())
-    return {"margin0": margin0, "margin": margin(), "reward_first": sum(rewards[:10]) / 10,
-            "reward_last": sum(rewards[-10:]) / 10, "logs": {k: v.item() for k, v in logs.items()}}
+    return {
+        "margin0": margin0,
+        "margin": margin(),
+        "reward_first": sum(rewards[:10]) / 10,
+        "reward_last": sum(rewards[-10:]) / 10,
+        "logs": {k: v.item() for k, v in logs.items()},
+    }
 
 
 if __name__ == "__main__":  # the measurements behind the README's table: python tests/agents/test_pgnm_learns.py
@@ -102,9 +121,12 @@ if __name__ == "__main__":  # the measurements behind the README's table: python
         for seed in range(3):
             t = time.perf_counter()
             r = train_known_optimum(seed, **settings[name])
-            print(f"{name} seed {seed}: margin {r['margin0']:+.3f} -> {r['margin']:+.3f}, reward "
-                  f"{r['reward_first']:.3f} -> {r['reward_last']:.3f}, moved {r['logs']['policy/moved_fraction']:.3f}"
-                  f" ({time.perf_counter() - t:.1f}s)", flush=True)
+            print(
+                f"{name} seed {seed}: margin {r['margin0']:+.3f} -> {r['margin']:+.3f}, reward "
+                f"{r['reward_first']:.3f} -> {r['reward_last']:.3f}, moved {r['logs']['policy/moved_fraction']:.3f}"
+                f" ({time.perf_counter() - t:.1f}s)",
+                flush=True,
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +141,10 @@ def one_thread():
 def test_cooperative_policy_keeps_the_label_region_over_3_seeds():
     """Defaults of --objective reinforce: label cells kept >= MARGIN more than the rest, reward rising, every seed."""
     results = {seed: train_known_optimum(seed) for seed in range(3)}
-    summary = {s: (round(r["margin0"], 3), round(r["margin"], 3), round(r["reward_first"], 3),
-                   round(r["reward_last"], 3)) for s, r in results.items()}
+    summary = {
+        s: (round(r["margin0"], 3), round(r["margin"], 3), round(r["reward_first"], 3), round(r["reward_last"], 3))
+        for s, r in results.items()
+    }
     for r in results.values():
         assert r["margin"] > MARGIN, summary
         assert r["reward_last"] > r["reward_first"] + 0.1, summary  # mean of the last 10 steps vs the first 10

@@ -31,9 +31,13 @@ def write_npz(path, **arrays):
 
 def small_arrays():
     rng = np.random.default_rng(0)
-    return {f"{s}_{k}": (rng.integers(0, 255, (20, 12, 12), dtype=np.uint8) if k == "images"
-                         else rng.integers(0, 2, (20, 1)))
-            for s in ("train", "val", "test") for k in ("images", "labels")}
+    return {
+        f"{s}_{k}": (
+            rng.integers(0, 255, (20, 12, 12), dtype=np.uint8) if k == "images" else rng.integers(0, 2, (20, 1))
+        )
+        for s in ("train", "val", "test")
+        for k in ("images", "labels")
+    }
 
 
 def image_folder(root, broken=False, empty_class=False):
@@ -78,18 +82,27 @@ def test_npz_without_expected_keys(tmp_path, capsys):
 def test_undecodable_image_keeps_what_was_written(tmp_path, capsys):
     good = image_folder(tmp_path / "good")
     out = tmp_path / "run"
-    assert main(["train", "--data", str(good), "--out", str(out), "--image-size", "12", *FAST, "--batch-size", "4"]) == 0
+    assert (
+        main(["train", "--data", str(good), "--out", str(out), "--image-size", "12", *FAST, "--batch-size", "4"]) == 0
+    )
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     broken = image_folder(tmp_path / "broken", broken=True)
     # A second run into the finished folder is refused before any work: nothing written is touched.
-    fails(["train", "--data", broken, "--out", out, "--image-size", "12", *FAST, "--batch-size", "4"], capsys,
-          "holds a finished run", "--overwrite")
+    fails(
+        ["train", "--data", broken, "--out", out, "--image-size", "12", *FAST, "--batch-size", "4"],
+        capsys,
+        "holds a finished run",
+        "--overwrite",
+    )
     for name in ("last.pt", "best.pt", "metrics.json", "log.jsonl"):
         assert (out / name).read_bytes() == before[name], name
     # The broken image itself fails the run that reads it, naming the file.
-    fails(["train", "--data", broken, "--out", tmp_path / "other", "--image-size", "12", *FAST, "--batch-size", "4"],
-          capsys, "9.png")
+    fails(
+        ["train", "--data", broken, "--out", tmp_path / "other", "--image-size", "12", *FAST, "--batch-size", "4"],
+        capsys,
+        "9.png",
+    )
 
 
 def test_empty_class_folder(tmp_path, capsys):
@@ -98,8 +111,12 @@ def test_empty_class_folder(tmp_path, capsys):
 
 
 def test_unknown_model(tmp_path, capsys):
-    fails(["train", "--data", "synthetic:n=8,size=16", "--model", "resnet999", "--out", tmp_path / "o",
-           "--no-progress"], capsys, "--model resnet999", "resnet18")
+    fails(
+        ["train", "--data", "synthetic:n=8,size=16", "--model", "resnet999", "--out", tmp_path / "o", "--no-progress"],
+        capsys,
+        "--model resnet999",
+        "resnet18",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +132,43 @@ def test_checkpoint_that_does_not_fit_the_data(tiny_run, tmp_path, capsys):
 
 
 def test_checkpoint_that_does_not_fit_the_model(tiny_run, tmp_path, capsys):
-    fails(["finetune", "--init", tiny_run / "last.pt", "--model", "resnet18", "--data", "synthetic:n=8,size=16",
-           "--out", tmp_path / "ft", "--no-progress"], capsys, "--init", "does not fit the model")
+    fails(
+        [
+            "finetune",
+            "--init",
+            tiny_run / "last.pt",
+            "--model",
+            "resnet18",
+            "--data",
+            "synthetic:n=8,size=16",
+            "--out",
+            tmp_path / "ft",
+            "--no-progress",
+        ],
+        capsys,
+        "--init",
+        "does not fit the model",
+    )
 
 
 def test_resume_with_other_options(tiny_run, tmp_path, capsys):
-    fails(["train", "--data", "synthetic:n=8,size=16", "--out", tmp_path / "r", "--resume", tiny_run / "last.pt",
-           *FAST, "--seed", "5"], capsys, "--resume", "seed")
+    fails(
+        [
+            "train",
+            "--data",
+            "synthetic:n=8,size=16",
+            "--out",
+            tmp_path / "r",
+            "--resume",
+            tiny_run / "last.pt",
+            *FAST,
+            "--seed",
+            "5",
+        ],
+        capsys,
+        "--resume",
+        "seed",
+    )
 
 
 def test_unreadable_checkpoint(tmp_path, capsys):
@@ -131,7 +178,8 @@ def test_unreadable_checkpoint(tmp_path, capsys):
 
 
 def test_a_real_process_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlmask", "data", "info", str(tmp_path / "missing.npz")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlmask", "data", "info", str(tmp_path / "missing.npz")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and "missing.npz" in proc.stderr

@@ -43,13 +43,23 @@ def commands(ckpt, tmp_path):
         "predict": ["predict", str(ckpt), str(_image(tmp_path)), "--out", str(tmp_path / "p.csv")],
         "transfer": ["transfer", str(ckpt), *DATA, "--shots", "2", "--repeats", "1", "--out", str(tmp_path / "t")],
         "finetune --init": ["finetune", "--init", str(ckpt), *TINY, "--out", str(tmp_path / "f")],
-        "pretrain --init": ["pretrain", "--method", "random-mask", "--init", str(ckpt), *TINY, "--out", str(tmp_path / "p")],
+        "pretrain --init": [
+            "pretrain",
+            "--method",
+            "random-mask",
+            "--init",
+            str(ckpt),
+            *TINY,
+            "--out",
+            str(tmp_path / "p"),
+        ],
         "train --resume": ["train", "--resume", str(ckpt), *TINY, "--out", str(tmp_path / "r")],
     }
 
 
-@pytest.mark.parametrize("entry", ["evaluate", "predict", "transfer", "finetune --init", "pretrain --init",
-                                   "train --resume"])
+@pytest.mark.parametrize(
+    "entry", ["evaluate", "predict", "transfer", "finetune --init", "pretrain --init", "train --resume"]
+)
 def test_a_payload_checkpoint_is_refused_and_runs_nothing(entry, hostile, tmp_path, capsys):
     ckpt, marker = hostile
     assert main(commands(ckpt, tmp_path)[entry]) == 2

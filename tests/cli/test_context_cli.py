@@ -15,15 +15,47 @@ import torch
 
 from rlmask.cli import main
 
-TINY = ["--data", "synthetic:n=24,size=16", "--model", "context_encoder", "--batch-size", "16", "--eval-batch-size",
-        "64", "--no-progress", "--seed", "3", "--optimizer", "adam", "--lr", "1e-3"]
+TINY = [
+    "--data",
+    "synthetic:n=24,size=16",
+    "--model",
+    "context_encoder",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "64",
+    "--no-progress",
+    "--seed",
+    "3",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "1e-3",
+]
 FAST = ["--grid", "4", "--q-channels", "8,8"]  # a small Q-network: these tests check plumbing, not learning
 
 
 def test_pretrain_context_exports_an_encoder_that_transfer_and_finetune_read(tmp_path, capsys):
     out = tmp_path / "pre"
-    code = main(["pretrain", "--method", "context", "--masking", "dqn", *FAST, "--block", "1", "--val-block", "2",
-                 *TINY, "--epochs", "1", "--out", str(out)])
+    code = main(
+        [
+            "pretrain",
+            "--method",
+            "context",
+            "--masking",
+            "dqn",
+            *FAST,
+            "--block",
+            "1",
+            "--val-block",
+            "2",
+            *TINY,
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "rec_error" in captured.out
@@ -36,29 +68,100 @@ def test_pretrain_context_exports_an_encoder_that_transfer_and_finetune_read(tmp
     assert "blocks.0.0.weight" in heated and not any(k.startswith(("decoder.", "encoder.", "fc.")) for k in heated)
 
     for head in ("linear", "reference"):
-        code = main(["transfer", str(out / "heated.pt"), "--data", "synthetic:n=12,size=16", "--shots", "4",
-                     "--repeats", "2", "--epochs", "2", "--head", head, "--no-progress", "--out",
-                     str(tmp_path / f"transfer-{head}")])
+        code = main(
+            [
+                "transfer",
+                str(out / "heated.pt"),
+                "--data",
+                "synthetic:n=12,size=16",
+                "--shots",
+                "4",
+                "--repeats",
+                "2",
+                "--epochs",
+                "2",
+                "--head",
+                head,
+                "--no-progress",
+                "--out",
+                str(tmp_path / f"transfer-{head}"),
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         result = json.loads((tmp_path / f"transfer-{head}" / "transfer.json").read_text())
         entry = next(iter(result["results"].values()))["4"]
         assert entry["macro_f1"]["n"] == 2 and result["config"]["head"] == head
     # the pretraining's last.pt (a U-Net) transfers too: its encoder is taken
-    assert main(["transfer", str(out / "last.pt"), "--data", "synthetic:n=12,size=16", "--shots", "4", "--repeats",
-                 "1", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "transfer-last")]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                str(out / "last.pt"),
+                "--data",
+                "synthetic:n=12,size=16",
+                "--shots",
+                "4",
+                "--repeats",
+                "1",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "transfer-last"),
+            ]
+        )
+        == 0
+    )
     code = main(["finetune", "--init", str(out / "heated.pt"), *TINY, "--epochs", "1", "--out", str(tmp_path / "ft")])
     assert code == 0, capsys.readouterr().err
     assert "macro_f1" in json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]
     # a reference head on a fine-tuned backbone is not the reference's set-up
-    assert main(["transfer", str(out / "heated.pt"), "--data", "synthetic:n=12,size=16", "--mode", "finetune",
-                 "--head", "reference", "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "transfer",
+                str(out / "heated.pt"),
+                "--data",
+                "synthetic:n=12,size=16",
+                "--mode",
+                "finetune",
+                "--head",
+                "reference",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(tmp_path):
     def cmd(out, *extra):
-        return [sys.executable, "-m", "rlmask", "pretrain", "--method", "context", *FAST, "--replay-size", "40",
-                "--replay-batch", "8", "--target-update", "3", "--exploration", "epsilon", *TINY, "--epochs", "2",
-                "--checkpoint-every", "2", "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "rlmask",
+            "pretrain",
+            "--method",
+            "context",
+            *FAST,
+            "--replay-size",
+            "40",
+            "--replay-batch",
+            "8",
+            "--target-update",
+            "3",
+            "--exploration",
+            "epsilon",
+            *TINY,
+            "--epochs",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -83,23 +186,45 @@ def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(tmp_path):
     assert json.loads((whole / "metrics.json").read_text()) == json.loads((cut / "metrics.json").read_text())
 
     def records(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "train_seconds"}
-                for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "train_seconds"}
+            for line in (folder / "log.jsonl").read_text().splitlines()
+        ]
 
     assert records(whole) == records(cut)
     a, b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
     assert int(a["replay_count"]) == int(b["replay_count"]) > 40  # the ring has wrapped
     for key in ("replay_x", "replay_action", "replay_reward", "q_network.head.weight", "target_network.head.weight"):
         assert torch.equal(a[key], b[key]), key
-    assert torch.equal(torch.load(whole / "heated.pt")["context.weight"], torch.load(cut / "heated.pt")["context.weight"])
+    assert torch.equal(
+        torch.load(whole / "heated.pt")["context.weight"], torch.load(cut / "heated.pt")["context.weight"]
+    )
 
 
 def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_path, capsys):
     out = tmp_path / "cmp"
     small = [a if a != "synthetic:n=24,size=16" else "synthetic:n=12,size=16" for a in TINY]
-    code = main(["compare", "--methods", "plain", "context-dqn", *small, "--epochs", "1", "--finetune-epochs", "1",
-                 "--seeds", "1", "--method-option", "context-dqn:grid=4", "--method-option",
-                 "context-dqn:q_channels=8,8", "--out", str(out)])
+    code = main(
+        [
+            "compare",
+            "--methods",
+            "plain",
+            "context-dqn",
+            *small,
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--method-option",
+            "context-dqn:grid=4",
+            "--method-option",
+            "context-dqn:q_channels=8,8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     for method in ("context-dqn",):
@@ -110,9 +235,34 @@ def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_pa
 
 
 def test_bench_times_context_against_a_plain_step_of_the_same_encoder(capsys):
-    code = main(["bench", "--method", "context", "--grid", "4", "--q-channels", "8,8", "--model", "context_encoder",
-                 "--image-size", "16", "--batch-size", "4", "--channels", "1", "--rounds", "2", "--steps", "1",
-                 "--warmup", "1", "--pipeline-batches", "0", "--json"])
+    code = main(
+        [
+            "bench",
+            "--method",
+            "context",
+            "--grid",
+            "4",
+            "--q-channels",
+            "8,8",
+            "--model",
+            "context_encoder",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--channels",
+            "1",
+            "--rounds",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--pipeline-batches",
+            "0",
+            "--json",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "context_encoder" and result["ratio"] > 0

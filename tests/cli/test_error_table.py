@@ -14,17 +14,29 @@ from PIL import Image
 
 from rlmask.cli import build_parser, main
 
-FAST = ["--data", "synthetic:n=8,size=16", "--model", "resnet10t", "--batch-size", "8", "--epochs", "1",
-        "--no-progress"]
+FAST = [
+    "--data",
+    "synthetic:n=8,size=16",
+    "--model",
+    "resnet10t",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 
 
 def _png_header_only(path, width, height):
     """A PNG whose header claims width x height pixels (PIL's decompression-bomb guard trips on opening)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +56,7 @@ def files(tmp_path_factory):
         for i in range(2):
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "bomb" / split / "a" / f"{i}.png")
     _png_header_only(root / "bomb" / "train" / "a" / "0.png", 20000, 20000)
-    (root / "badlog" ).mkdir()
+    (root / "badlog").mkdir()
     (root / "badlog" / "config.json").write_text("{not json")
     (root / "badlog" / "log.jsonl").write_text("{]\n")
     return root
@@ -62,7 +74,10 @@ BAD = {
     "NaN learning rate": (["train", "--lr", "nan"], "--lr"),
     "negative warm-up": (["train", "--warmup-epochs", "-3"], "--warmup-epochs"),
     "warm-up longer than the run": (["train", "--epochs", "2", "--warmup-epochs", "5"], "--warmup-epochs"),
-    "evaluate batch size 0": (["evaluate", "{r}/kind-only.pt", "--data", "synthetic", "--batch-size", "0"], "--batch-size"),
+    "evaluate batch size 0": (
+        ["evaluate", "{r}/kind-only.pt", "--data", "synthetic", "--batch-size", "0"],
+        "--batch-size",
+    ),
     "predict batch size 0": (["predict", "{r}/kind-only.pt", "{r}/note.txt", "--batch-size", "0"], "--batch-size"),
     "bench rounds 0": (["bench", "--rounds", "0"], "--rounds"),
     "not a number": (["train", "--epochs", "x"], "--epochs"),
@@ -95,8 +110,11 @@ def test_bad_invocation_exits_2_with_one_line(case, files, capsys, monkeypatch, 
 
 
 def test_a_real_process_prints_no_traceback(files):
-    proc = subprocess.run([sys.executable, "-m", "rlmask", "train", "--config", str(files / "epochs.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlmask", "train", "--config", str(files / "epochs.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
@@ -119,8 +137,22 @@ def test_help_of_every_command(command, capsys):
 def test_finetune_takes_the_architecture_from_the_config_beside_heated_pt(tmp_path, capsys):
     pre = tmp_path / "pre"
     assert main(["pretrain", "--method", "random-mask", *FAST, "--model", "resnet10t", "--out", str(pre)]) == 0
-    code = main(["finetune", "--init", str(pre / "heated.pt"), "--data", "synthetic:n=8,size=16", "--batch-size", "8",
-                 "--epochs", "1", "--no-progress", "--out", str(tmp_path / "fine")])
+    code = main(
+        [
+            "finetune",
+            "--init",
+            str(pre / "heated.pt"),
+            "--data",
+            "synthetic:n=8,size=16",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "fine"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     config = __import__("json").loads((tmp_path / "fine" / "config.json").read_text())
     assert config["model"] == "resnet10t" and config["warmup_epochs"] == pytest.approx(0.7)

@@ -23,8 +23,15 @@ def test_pretrain_writes_heated_policy_and_policy_statistics(pgnm_run):
     for name in ("heated.pt", "policy.pt", "metrics.json", "log.jsonl", "last.pt", "best.pt", "config.json"):
         assert (pgnm_run / name).is_file(), name
     record = json.loads((pgnm_run / "log.jsonl").read_text().splitlines()[-1])
-    for key in ("policy/mask_mean", "policy/mask_entropy", "policy/reward", "policy/baseline", "losses/policy",
-                "val/macro_f1", "val_masked/macro_f1"):
+    for key in (
+        "policy/mask_mean",
+        "policy/mask_entropy",
+        "policy/reward",
+        "policy/baseline",
+        "losses/policy",
+        "val/macro_f1",
+        "val_masked/macro_f1",
+    ):
         assert key in record, key
     assert 0 < record["policy/mask_mean"] < 1
     config = json.loads((pgnm_run / "config.json").read_text())
@@ -44,8 +51,9 @@ def test_heated_model_has_timm_keys_and_loads_strictly(pgnm_run):
 
 def test_finetune_from_heated_and_from_a_compiled_timm_state_dict(pgnm_run, tmp_path):
     out = tmp_path / "ft"
-    assert main(["finetune", "--init", str(pgnm_run / "heated.pt"), *DATA, *FAST, "--epochs", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["finetune", "--init", str(pgnm_run / "heated.pt"), *DATA, *FAST, "--epochs", "1", "--out", str(out)]) == 0
+    )
     config = json.loads((out / "config.json").read_text())
     # the reference warm-up fraction (7 of 10 epochs) of this 1-epoch run, never longer than the run itself
     assert (config["lr"], config["warmup_epochs"], config["warmup_start"]) == (1e-3, 0.7, 0.01)
@@ -54,15 +62,36 @@ def test_finetune_from_heated_and_from_a_compiled_timm_state_dict(pgnm_run, tmp_
     # The authors' released weights come from torch.compile: keys prefixed with _orig_mod.
     compiled = {f"_orig_mod.{k}": v for k, v in torch.load(pgnm_run / "heated.pt").items()}
     torch.save(compiled, tmp_path / "released.pth")
-    assert main(["finetune", "--init", str(tmp_path / "released.pth"), *DATA, *FAST, "--epochs", "1",
-                 "--out", str(tmp_path / "ft2")]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(tmp_path / "released.pth"),
+                *DATA,
+                *FAST,
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "ft2"),
+            ]
+        )
+        == 0
+    )
     first = torch.load(out / "last.pt", weights_only=False)["model"]
     second = torch.load(tmp_path / "ft2" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.parametrize("extra", [["--method", "pgnm", "--objective", "reference"], ["--method", "random-mask"],
-                                   ["--method", "gaussian-noise"], ["--method", "plain"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--method", "pgnm", "--objective", "reference"],
+        ["--method", "random-mask"],
+        ["--method", "gaussian-noise"],
+        ["--method", "plain"],
+    ],
+)
 def test_every_method_pretrains(tmp_path, extra):
     assert main(["pretrain", *extra, *DATA, *FAST, "--epochs", "1", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "heated.pt").is_file()
@@ -71,8 +100,27 @@ def test_every_method_pretrains(tmp_path, extra):
 
 def test_compare_writes_json_markdown_and_figures(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", *DATA, "--model", "resnet10t", "--batch-size", "16", "--epochs", "1", "--finetune-epochs", "1",
-            "--seeds", "2", "--methods", "plain", "pgnm-reinforce", "random-mask", "--out", str(out), "--no-progress"]
+    args = [
+        "compare",
+        *DATA,
+        "--model",
+        "resnet10t",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--methods",
+        "plain",
+        "pgnm-reinforce",
+        "random-mask",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     result = json.loads((out / "comparison.json").read_text())
     methods = result["methods"]
@@ -99,9 +147,33 @@ def test_compare_writes_json_markdown_and_figures(tmp_path, capsys):
 
 
 def test_bench_reports_side_by_side_ratio(capsys):
-    assert main(["bench", "--method", "pgnm", "--model", "resnet10t", "--image-size", "32", "--batch-size", "4",
-                 "--rounds", "1", "--steps", "1", "--warmup", "1", "--pipeline-batches", "2",
-                 "--data", "synthetic:n=8,size=32", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--method",
+                "pgnm",
+                "--model",
+                "resnet10t",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "4",
+                "--rounds",
+                "1",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--pipeline-batches",
+                "2",
+                "--data",
+                "synthetic:n=8,size=32",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["plain_img_s"] > 0 and result["method_img_s"] > 0
     assert result["ratio"] == pytest.approx(result["plain_img_s"] / result["method_img_s"], rel=0.02)
@@ -109,9 +181,36 @@ def test_bench_reports_side_by_side_ratio(capsys):
 
 
 def test_bench_times_flipped_settings_beside_the_chosen_ones(capsys):
-    assert main(["bench", "--method", "random-mask", "--model", "resnet10t", "--image-size", "16", "--batch-size", "4",
-                 "--rounds", "1", "--steps", "1", "--warmup", "1", "--pipeline-batches", "0", "--threads", "2",
-                 "--vary", "channels_last", "threads", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--method",
+                "random-mask",
+                "--model",
+                "resnet10t",
+                "--image-size",
+                "16",
+                "--batch-size",
+                "4",
+                "--rounds",
+                "1",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--pipeline-batches",
+                "0",
+                "--threads",
+                "2",
+                "--vary",
+                "channels_last",
+                "threads",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert (result["channels_last"], result["compile"], result["threads"]) == (True, False, 2)
     assert set(result["flipped"]) == {"channels_last=False", "threads=1"}
@@ -154,8 +253,27 @@ def test_bench_rejects_an_unknown_setting_from_a_config_file(tmp_path, capsys):
 def test_transfer_and_report_commands(pgnm_run, tmp_path, capsys):
     out = tmp_path / "transfer"
     downstream = "synthetic:n=12,size=16,modalities=2,organs=2,seed=7"
-    assert main(["transfer", str(pgnm_run / "heated.pt"), str(pgnm_run / "last.pt"), "--data", downstream,
-                 "--shots", "4,all", "--repeats", "2", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                str(pgnm_run / "heated.pt"),
+                str(pgnm_run / "last.pt"),
+                "--data",
+                downstream,
+                "--shots",
+                "4,all",
+                "--repeats",
+                "2",
+                "--epochs",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "transfer.json").read_text())
     assert len(result["checkpoints"]) == 2
     for label in result["checkpoints"]:

@@ -50,8 +50,11 @@ class ToyDimAgent(MaskAgent):
             adv = -ctx.loss(x * self.keep(), y).mean()
         ctx.update(adv, model=False)
         self.steps += 1
-        return {"losses/ce": ce.detach(), "policy/keep": self.keep().detach(), "policy/progress":
-                torch.tensor(ctx.progress)}
+        return {
+            "losses/ce": ce.detach(),
+            "policy/keep": self.keep().detach(),
+            "policy/progress": torch.tensor(ctx.progress),
+        }
 
     def optimizer_options(self):
         return AgentOptimizer(lr=0.5, momentum=0.0, weight_decay=0.0, optimizer="sgd", schedule="constant")
@@ -64,8 +67,19 @@ class ToyDimAgent(MaskAgent):
         return {"mask": self.keep().expand(x.shape[0], 1, *x.shape[-2:]).clone()}
 
 
-TINY = ["--data", "synthetic:n=24,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
-        "--no-progress", "--seed", "3"]
+TINY = [
+    "--data",
+    "synthetic:n=24,size=16",
+    "--model",
+    "resnet10t",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "64",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def test_toy_agent_trains_with_its_own_flag_and_logs(tmp_path, capsys):
@@ -81,13 +95,28 @@ def test_toy_agent_trains_with_its_own_flag_and_logs(tmp_path, capsys):
     # The agent's flag is its own: another method rejects it, naming the owner.
     code = main(["pretrain", "--method", "random-mask", "--floor", "0.5", *TINY, "--out", str(tmp_path / "x")])
     assert code == 2
-    assert capsys.readouterr().err.strip() == "error: pretrain: floor is an option of method toy-dim, not of random-mask"
+    assert (
+        capsys.readouterr().err.strip() == "error: pretrain: floor is an option of method toy-dim, not of random-mask"
+    )
 
 
 def test_toy_agent_resumes_exactly_after_sigkill(tmp_path):
     def cmd(out, *extra):
-        return [sys.executable, __file__, "pretrain", "--method", "toy-dim", *TINY, "--epochs", "2",
-                "--checkpoint-every", "2", "--out", str(out), *extra]
+        return [
+            sys.executable,
+            __file__,
+            "pretrain",
+            "--method",
+            "toy-dim",
+            *TINY,
+            "--epochs",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -113,8 +142,10 @@ def test_toy_agent_resumes_exactly_after_sigkill(tmp_path):
     assert json.loads((whole / "metrics.json").read_text()) == json.loads((cut / "metrics.json").read_text())
 
     def records(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "train_seconds"}
-                for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "train_seconds"}
+            for line in (folder / "log.jsonl").read_text().splitlines()
+        ]
 
     assert records(whole) == records(cut)
     a, b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
@@ -123,8 +154,25 @@ def test_toy_agent_resumes_exactly_after_sigkill(tmp_path):
 
 def test_toy_agent_appears_in_compare(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", "--methods", "plain", "toy-dim", *TINY, "--epochs", "1", "--finetune-epochs", "1",
-                 "--seeds", "1", "--method-option", "toy-dim:floor=0.75", "--out", str(out)])
+    code = main(
+        [
+            "compare",
+            "--methods",
+            "plain",
+            "toy-dim",
+            *TINY,
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--method-option",
+            "toy-dim:floor=0.75",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     assert "toy-dim" in result["methods"] and any(m.startswith("plain") for m in result["methods"])

@@ -16,8 +16,19 @@ from PIL import Image
 from rlmask.cli import main
 from rlmask.runtime import native_bf16
 
-TINY = ["--data", "synthetic:n=24,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
-        "--no-progress", "--seed", "3"]
+TINY = [
+    "--data",
+    "synthetic:n=24,size=16",
+    "--model",
+    "resnet10t",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "64",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def run_cli(args, capsys):
@@ -38,8 +49,17 @@ def test_train_writes_the_documented_files(trained):
         assert (trained / name).is_file(), name
     metrics = json.loads((trained / "metrics.json").read_text())
     for split in ("val", "test"):
-        for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc",
-                    "auroc_ovo", "per_class", "confusion_matrix"):
+        for key in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_precision",
+            "macro_recall",
+            "macro_f1",
+            "auroc",
+            "auroc_ovo",
+            "per_class",
+            "confusion_matrix",
+        ):
             assert key in metrics[split], (split, key)
     lines = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]
@@ -58,8 +78,9 @@ def test_evaluate_reproduces_the_test_metrics(trained, capsys):
     recorded = json.loads((trained / "metrics.json").read_text())["test"]
     assert again["accuracy"] == recorded["accuracy"]
     assert again["macro_f1"] == pytest.approx(recorded["macro_f1"])
-    code, out, _ = run_cli(["evaluate", trained / "last.pt", "--data", "synthetic:n=24,size=16", "--json", "--no-amp"],
-                           capsys)  # float32, as runs made before bf16 became the default
+    code, out, _ = run_cli(
+        ["evaluate", trained / "last.pt", "--data", "synthetic:n=24,size=16", "--json", "--no-amp"], capsys
+    )  # float32, as runs made before bf16 became the default
     assert code == 0 and json.loads(out)["num_samples"] == recorded["num_samples"]
 
 
@@ -104,16 +125,35 @@ def test_data_info_json(capsys):
     assert info["splits"]["train"]["count"] == 16 * 12
 
 
-@pytest.mark.parametrize("command", [
-    ["train"], ["pretrain", "--method", "pgnm"],
-    # APGA: two networks, two optimisers, the reward baseline; the bernoulli form also its mask generator
-    ["pretrain", "--method", "apga", "--agent-channels", "4", "8"],
-    ["pretrain", "--method", "apga-bernoulli", "--agent-channels", "4", "8", "--policy-grid", "4"],
-], ids=["train", "pretrain-pgnm", "pretrain-apga", "pretrain-apga-bernoulli"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train"],
+        ["pretrain", "--method", "pgnm"],
+        # APGA: two networks, two optimisers, the reward baseline; the bernoulli form also its mask generator
+        ["pretrain", "--method", "apga", "--agent-channels", "4", "8"],
+        ["pretrain", "--method", "apga-bernoulli", "--agent-channels", "4", "8", "--policy-grid", "4"],
+    ],
+    ids=["train", "pretrain-pgnm", "pretrain-apga", "pretrain-apga-bernoulli"],
+)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     def cmd(out, *extra):
-        return [sys.executable, "-m", "rlmask", *command, *TINY, "--data", "synthetic:n=24,size=16", "--epochs", "2",
-                "--checkpoint-every", "2", "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "rlmask",
+            *command,
+            *TINY,
+            "--data",
+            "synthetic:n=24,size=16",
+            "--epochs",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole"  # runs beside the interrupted one: one thread each
@@ -145,11 +185,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     assert [line["epoch"] for line in log] == [0, 1]
     whole_log = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
     drop = ("train_seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in log] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in whole_log]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in log] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole_log
+    ]
     if command[0] == "pretrain":
         assert (cut / "heated.pt").read_bytes() != b"" and torch.equal(
-            torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"])
+            torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"]
+        )
     if (whole / "policy.pt").is_file():  # the agent's every tensor (networks, baselines) as uninterrupted
         agent_a, agent_b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
         tensors = [k for k, v in agent_a.items() if isinstance(v, torch.Tensor)]
@@ -164,15 +206,34 @@ def test_pack_an_image_folder_and_train_from_the_pack(tmp_path, capsys):
         for cls in ("CT/liver", "MR/brain"):
             (tmp_path / "src" / split / cls).mkdir(parents=True)
             for i in range(6):
-                Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "src" / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(
+                    tmp_path / "src" / split / cls / f"{i}.png"
+                )
     pack = tmp_path / "pack"
-    code, out, err = run_cli(["data", "pack", tmp_path / "src", "--out", pack, "--image-size", "16", "--shard-size", "5"], capsys)
+    code, out, err = run_cli(
+        ["data", "pack", tmp_path / "src", "--out", pack, "--image-size", "16", "--shard-size", "5"], capsys
+    )
     assert code == 0, err
     code, out, _ = run_cli(["data", "info", pack, "--json"], capsys)
     info = json.loads(out)
     # The pack keeps the source folder's name, so class names (and checkpoints) fit both.
     assert info["classes"] == ["src/CT/liver", "src/MR/brain"] and info["image_size"] == 16
     assert info["splits"]["train"]["count"] == 12
-    code, _, err = run_cli(["train", "--data", pack, "--model", "resnet10t", "--batch-size", "4", "--epochs", "1",
-                            "--no-progress", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            pack,
+            "--model",
+            "resnet10t",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            tmp_path / "run",
+        ],
+        capsys,
+    )
     assert code == 0, err

@@ -31,8 +31,15 @@ def _needs_cuda():
 @pytest.mark.parametrize("a,b", [(0.05, 0.05), (0.5, 2.0), (1.0, 1.0), (5.0, 0.3), (40.0, 60.0)])
 def test_gpu_beta_sampler_matches_its_cpu_statistics(a, b):
     n = 400_000
-    gpu = sample_beta(torch.full((n,), a, device=CUDA), torch.full((n,), b, device=CUDA),
-                      torch.Generator(device=CUDA).manual_seed(0)).cpu().double()
+    gpu = (
+        sample_beta(
+            torch.full((n,), a, device=CUDA),
+            torch.full((n,), b, device=CUDA),
+            torch.Generator(device=CUDA).manual_seed(0),
+        )
+        .cpu()
+        .double()
+    )
     cpu = sample_beta(torch.full((n,), a), torch.full((n,), b), torch.Generator().manual_seed(0)).double()
     mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
     for x in (gpu, cpu):
@@ -49,8 +56,11 @@ def _step_setup(name: str, compile: bool = False):
     agent = spec.build(S, C, seed=0).to(CUDA, memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
     options = agent.optimizer_options()
-    agent_opt = make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum,
-                               options.weight_decay) if options else None
+    agent_opt = (
+        make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum, options.weight_decay)
+        if options
+        else None
+    )
     step_model = compile_for_training(model, agent) if compile else model
     return agent, TrainStep(step_model, task.loss, opt, agent, agent_opt, device=CUDA, amp=True, total_steps=10)
 
@@ -102,14 +112,34 @@ def test_sync_batchnorm_under_a_one_process_nccl_group():
 
 def test_pretrain_resumes_on_cuda(tmp_path):
     def cmd(out, epochs, *extra):
-        return [sys.executable, "-m", "rlmask", "pretrain", "--method", "pgnm", "--device", "cuda", "--data",
-                "synthetic:n=64,size=32", "--model", "resnet10t", "--batch-size", "32", "--epochs", str(epochs),
-                "--no-progress", "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "rlmask",
+            "pretrain",
+            "--method",
+            "pgnm",
+            "--device",
+            "cuda",
+            "--data",
+            "synthetic:n=64,size=32",
+            "--model",
+            "resnet10t",
+            "--batch-size",
+            "32",
+            "--epochs",
+            str(epochs),
+            "--no-progress",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     subprocess.run(cmd(tmp_path / "whole", 2), check=True, capture_output=True)
     subprocess.run(cmd(tmp_path / "cut", 1), check=True, capture_output=True)
-    subprocess.run(cmd(tmp_path / "cut", 2, "--resume", str(tmp_path / "cut" / "last.pt")), check=True,
-                   capture_output=True)
+    subprocess.run(
+        cmd(tmp_path / "cut", 2, "--resume", str(tmp_path / "cut" / "last.pt")), check=True, capture_output=True
+    )
     whole = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     cut = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in cut] == [0, 1] and cut[0]["step"] == whole[0]["step"]

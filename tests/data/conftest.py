@@ -7,8 +7,17 @@ import pytest
 from PIL import Image
 
 
-def write_npz(path: Path, counts=(12, 4, 4), side: int = 8, channels: int | None = None, num_classes: int = 3,
-              classes=None, seed: int = 0, label_shape: str = "n1", **override) -> dict:
+def write_npz(
+    path: Path,
+    counts=(12, 4, 4),
+    side: int = 8,
+    channels: int | None = None,
+    num_classes: int = 3,
+    classes=None,
+    seed: int = 0,
+    label_shape: str = "n1",
+    **override,
+) -> dict:
     """Write a MedMNIST-layout file; channels None -> (N,H,W), 1 -> (N,H,W,1), 3 -> (N,H,W,3).
 
     Returns the arrays written (after ``override``), so tests compare against exactly what is on disk.

@@ -17,7 +17,6 @@ def write_image(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-
 def _noise(rng, side: int, rgb: bool = False) -> np.ndarray:
     return rng.integers(0, 256, (side, side, 3) if rgb else (side, side), dtype=np.uint8)
 
@@ -61,8 +60,15 @@ def make_lung_histology(root: Path, per_class: int = 10) -> Path:
     return root
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float | None = None,
-                intercept: float | None = None, window: tuple[float, float] | None = None, frames: int = 1) -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
+) -> Path:
     """Write a single- (or multi-) frame uncompressed DICOM file with pydicom: uint16/int16 grey pixels
     (H, W), or uint8 RGB (H, W, 3)."""
     from pydicom.dataset import Dataset, FileMetaDataset

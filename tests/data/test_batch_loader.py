@@ -56,8 +56,9 @@ def test_start_batch_resumes_exactly_without_loading_skipped_batches(split, monk
 
 @pytest.mark.parametrize("world,drop_last", [(3, False), (5, False), (5, True)])
 def test_ranks_partition_the_epoch(split, world, drop_last):
-    loaders = [BatchLoader(split, 2, shuffle=True, seed=1, drop_last=drop_last, rank=r, world_size=world)
-               for r in range(world)]
+    loaders = [
+        BatchLoader(split, 2, shuffle=True, seed=1, drop_last=drop_last, rank=r, world_size=world) for r in range(world)
+    ]
     per_rank = [loader.indices(0) for loader in loaders]
     assert len({len(loader) for loader in loaders}) == 1  # every rank has the same number of batches
     assert len({len(i) for i in per_rank}) == 1

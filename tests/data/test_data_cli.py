@@ -57,11 +57,17 @@ def test_data_info_reports_layout_split_masks_and_colours(tmp_path, capsys):
     write_image(root / "benign" / "benign (9).png", np.zeros((14, 14, 3), np.uint8))  # one RGB file
     assert main(["data", "info", str(root), "--no-progress", "--exclude", "*(2).png", "*.gif"]) == 0
     out = capsys.readouterr().out
-    for line in ("layout: class folders (seeded split)",
-                 "split: seeded (seed 0) from all files: test 0.2, val 0.1 -> train 7, val 3, test 3",
-                 "--exclude '*(2).png': removed 3 file(s)", "--exclude '*.gif': removed 0 file(s)",
-                 "mask-like files: 16 (left out)", "files: 12 grey, 1 RGB",
-                 "16 file(s) look like segmentation masks", "warning: --data", "--exclude '*.gif' matched no file"):
+    for line in (
+        "layout: class folders (seeded split)",
+        "split: seeded (seed 0) from all files: test 0.2, val 0.1 -> train 7, val 3, test 3",
+        "--exclude '*(2).png': removed 3 file(s)",
+        "--exclude '*.gif': removed 0 file(s)",
+        "mask-like files: 16 (left out)",
+        "files: 12 grey, 1 RGB",
+        "16 file(s) look like segmentation masks",
+        "warning: --data",
+        "--exclude '*.gif' matched no file",
+    ):
         assert line in out, (line, out)
     assert main(["data", "info", str(root), "--no-progress", "--json", "--seed", "2"]) == 0
     info = json.loads(capsys.readouterr().out)["sources"][0]
@@ -71,8 +77,9 @@ def test_data_info_reports_layout_split_masks_and_colours(tmp_path, capsys):
 def test_pack_of_class_folders_and_info_on_the_pack(tmp_path, capsys):
     root = make_lung_histology(tmp_path / "lung")
     pack = tmp_path / "lung-pack"
-    assert main(["data", "pack", str(root), "--out", str(pack), "--image-size", "6", "--no-progress",
-                 "--seed", "1"]) == 0
+    assert (
+        main(["data", "pack", str(root), "--out", str(pack), "--image-size", "6", "--no-progress", "--seed", "1"]) == 0
+    )
     assert "(train 21, val 3, test 6)" in capsys.readouterr().out
     meta = json.loads((pack / "meta.json").read_text())
     assert meta["read"]["split"]["seed"] == 1 and meta["native_shape"] == [10, 10, 3]
@@ -83,8 +90,11 @@ def test_pack_of_class_folders_and_info_on_the_pack(tmp_path, capsys):
 
 def test_every_data_option_has_help():
     parser = build_parser()
-    data = next(a for a in parser._subparsers._group_actions[0].choices["data"]._actions
-                if isinstance(a, argparse._SubParsersAction))
+    data = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["data"]._actions
+        if isinstance(a, argparse._SubParsersAction)
+    )
     for name in ("info", "pack"):
         sub = data.choices[name]
         for action in sub._actions:
@@ -94,10 +104,15 @@ def test_every_data_option_has_help():
 
 # --- every bad input of the issue: one line naming the file, row or option, exit status 2 ---------------------
 
+
 def test_manifest_missing_column(tmp_path, capsys):
     root = make_busi(tmp_path / "busi")
-    fails(["train", "--data", f"csv:{root / 'labels.csv'}?label=diagnosis", "--out", tmp_path / "o", *TINY], capsys,
-          "has no column 'diagnosis'", "'image_path', 'text_caption', 'label'")
+    fails(
+        ["train", "--data", f"csv:{root / 'labels.csv'}?label=diagnosis", "--out", tmp_path / "o", *TINY],
+        capsys,
+        "has no column 'diagnosis'",
+        "'image_path', 'text_caption', 'label'",
+    )
 
 
 def test_manifest_unknown_split_value(tmp_path, capsys):
@@ -110,14 +125,22 @@ def test_manifest_unknown_split_value(tmp_path, capsys):
 def test_manifest_missing_file(tmp_path, capsys):
     root = make_busi(tmp_path / "busi")
     (root / "benign" / "benign (3).png").unlink()
-    fails(["train", "--data", root / "labels.csv", "--out", tmp_path / "o", *TINY], capsys,
-          "labels.csv line 4: file benign/benign (3).png not found", "--skip-bad-rows")
+    fails(
+        ["train", "--data", root / "labels.csv", "--out", tmp_path / "o", *TINY],
+        capsys,
+        "labels.csv line 4: file benign/benign (3).png not found",
+        "--skip-bad-rows",
+    )
 
 
 def test_pattern_that_excludes_everything(tmp_path, capsys):
     root = make_lung_histology(tmp_path / "lung")
-    fails(["data", "info", root, "--no-progress", "--exclude", "lung*"], capsys,
-          "--exclude: no image of --data", "'lung*' removed 30")
+    fails(
+        ["data", "info", root, "--no-progress", "--exclude", "lung*"],
+        capsys,
+        "--exclude: no image of --data",
+        "'lung*' removed 30",
+    )
 
 
 def test_undecodable_dicom_in_a_real_process(tmp_path):
@@ -129,8 +152,11 @@ def test_undecodable_dicom_in_a_real_process(tmp_path):
             write_dicom(root / cls / f"{i}.dcm", ramp + i)
     bad = root / "a" / "0.dcm"  # the first training file: found when the pool is built
     bad.write_bytes(b"\0" * 200)
-    proc = subprocess.run([sys.executable, "-m", "rlmask", "train", "--data", str(root), "--out", str(tmp_path / "o"),
-                           *TINY], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlmask", "train", "--data", str(root), "--out", str(tmp_path / "o"), *TINY],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: --data {root}: cannot decode DICOM file {bad} (")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -69,14 +69,16 @@ def test_dicom_folder_and_manifest_with_window_option(tmp_path):
     for cls in ("lung", "liver"):
         for i in range(4):
             write_dicom(root / cls / f"IM{i:04d}.dcm", RAMP + 10 * i, slope=1, intercept=-1024)
-    pool = build_pool([str(root)], image_size=8, options=DataOptions(window="-24,400", val_fraction=0.25,
-                                                                       test_fraction=0.25))
+    pool = build_pool(
+        [str(root)], image_size=8, options=DataOptions(window="-24,400", val_fraction=0.25, test_fraction=0.25)
+    )
     assert {k: len(v) for k, v in pool.splits.items()} == {"train": 4, "val": 2, "test": 2}
     assert pool.channels == 1 and pool.info()["sources"][0]["native_shape"] == [4, 4, 1]
     x = pool.splits["train"].load(torch.arange(4))
     assert x.shape == (4, 1, 8, 8) and x.dtype == torch.uint8
-    (tmp_path / "ct.csv").write_text("path,label\n" + "".join(f"ct/{c}/IM{i:04d}.dcm,{c}\n"
-                                                               for c in ("lung", "liver") for i in range(4)))
+    (tmp_path / "ct.csv").write_text(
+        "path,label\n" + "".join(f"ct/{c}/IM{i:04d}.dcm,{c}\n" for c in ("lung", "liver") for i in range(4))
+    )
     listed = build_pool([str(tmp_path / "ct.csv")], image_size=8, options=DataOptions(window="-24,400"))
     assert sum(len(s) for s in listed.splits.values()) == 8
 
@@ -111,8 +113,10 @@ def test_without_pydicom_a_one_line_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
     with pytest.raises(UserError) as exc:
         read_dicom(str(path), "spec")
-    assert str(exc.value) == f"--data spec: {path} is a DICOM file; reading DICOM needs pydicom: " \
-                             "pip install 'rlmask[dicom]'"
+    assert (
+        str(exc.value) == f"--data spec: {path} is a DICOM file; reading DICOM needs pydicom: "
+        "pip install 'rlmask[dicom]'"
+    )
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])

@@ -32,6 +32,7 @@ def _error(spec, **kwargs):
 
 # --- the split as a pure function ---------------------------------------------------------------------------
 
+
 def test_held_out_counts_for_tiny_and_large_classes():
     assert held_out_counts(100, [0.2, 0.1]) == [20, 10]
     assert held_out_counts(10, [0.2, 0.1]) == [2, 1]
@@ -59,6 +60,7 @@ def test_stratified_split_is_seeded_and_per_class():
 
 # --- the three layouts of the issue ------------------------------------------------------------------------
 
+
 def test_lung_histology_class_folders_get_a_seeded_split(tmp_path):
     root = make_lung_histology(tmp_path / "lung_image_sets")
     cache = tmp_path / "cache"
@@ -71,13 +73,15 @@ def test_lung_histology_class_folders_get_a_seeded_split(tmp_path):
     other = build_pool([str(root)], cache_dir=cache, seed=1)
     assert all(_files(pool, s) == _files(again, s) for s in pool.splits)
     assert _files(pool, "test") != _files(other, "test")
-    assert build_pool([str(root)], options=DataOptions(split_seed=0), seed=1).splits["test"].paths == \
-        pool.splits["test"].paths  # --split-seed fixes the split whatever the run's seed
+    assert (
+        build_pool([str(root)], options=DataOptions(split_seed=0), seed=1).splits["test"].paths
+        == pool.splits["test"].paths
+    )  # --split-seed fixes the split whatever the run's seed
     # The split is recorded in the cached index, beside the file listing.
     (index,) = (cache / "folder-index").glob("*.json")
     record = json.loads(index.read_text())["split"]
     assert record["seed"] == 1 and record["test_fraction"] == 0.2 and record["val_fraction"] == 0.1
-    assert sorted(record["held_out"]["test"]) == sorted(p[len(str(root)) + 1:] for p in _files(other, "test"))
+    assert sorted(record["held_out"]["test"]) == sorted(p[len(str(root)) + 1 :] for p in _files(other, "test"))
 
 
 def test_fractions_are_options(tmp_path):
@@ -128,14 +132,24 @@ def test_busi_masks_are_left_out_with_a_warning(tmp_path, capsys):
     assert sum(len(s) for s in kept.splits.values()) == 31
 
 
-@pytest.mark.parametrize("name,mask", [("a_mask.png", True), ("benign (3)_mask_1.png", True), ("x_SEG.tif", True),
-                                       ("ct-mask.png", True), ("mask.png", False), ("masked_lung.png", False),
-                                       ("segment_4.png", False)])
+@pytest.mark.parametrize(
+    "name,mask",
+    [
+        ("a_mask.png", True),
+        ("benign (3)_mask_1.png", True),
+        ("x_SEG.tif", True),
+        ("ct-mask.png", True),
+        ("mask.png", False),
+        ("masked_lung.png", False),
+        ("segment_4.png", False),
+    ],
+)
 def test_mask_names(name, mask):
     assert looks_like_mask(name) is mask
 
 
 # --- split folder names, exclusions, bad layouts ------------------------------------------------------------
+
 
 def test_split_folder_names_are_case_insensitive(tmp_path):
     root = tmp_path / "ds"

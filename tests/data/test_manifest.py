@@ -46,8 +46,9 @@ def test_busi_csv_with_caption_column(tmp_path):
 
 
 def test_split_column_paths_relative_to_the_csv_and_labels_as_class_names(images):
-    rows = [["file", "diagnosis", "subset"]] + [[f"img/{i}.png", ["2", "10"][i % 2], ["Training", "Validation", "TEST"][i % 3]]
-                                                for i in range(12)]
+    rows = [["file", "diagnosis", "subset"]] + [
+        [f"img/{i}.png", ["2", "10"][i % 2], ["Training", "Validation", "TEST"][i % 3]] for i in range(12)
+    ]
     spec = str(_write(images / "cases.csv", rows))
     pool = build_pool([spec])
     assert pool.classes == ["cases/2", "cases/10"]  # integer labels in numeric order
@@ -59,8 +60,9 @@ def test_split_column_paths_relative_to_the_csv_and_labels_as_class_names(images
 
 
 def test_named_columns_tsv_and_split_off_train(images):
-    rows = [["name", "x", "grade", "part"]] + [[f"img/{i}.png", "", str(i % 2), "train" if i < 10 else "test"]
-                                               for i in range(12)]
+    rows = [["name", "x", "grade", "part"]] + [
+        [f"img/{i}.png", "", str(i % 2), "train" if i < 10 else "test"] for i in range(12)
+    ]
     path = _write(images / "m.tsv", rows, sep="\t")
     pool = build_pool([f"csv:{path}?path=name&label=grade&split=part"])
     assert {k: len(v) for k, v in pool.splits.items()} == {"train": 8, "val": 2, "test": 2}  # val off train

@@ -85,9 +85,11 @@ def test_size_suffix_and_env_cache(server, tmp_path, monkeypatch):
 
 def test_md5_mismatch_leaves_nothing(server, tmp_path):
     cache = tmp_path / "cache"
-    with pytest.raises(UserError, match=r"^--data medmnist:badmnist: md5 mismatch for http://127\.0\.0\.1:\d+/"
-                                        r"badmnist\.npz\?download=1: expected [0-9a-f]{32} got "
-                       + hashlib.md5(b"not the file").hexdigest()):
+    with pytest.raises(
+        UserError,
+        match=r"^--data medmnist:badmnist: md5 mismatch for http://127\.0\.0\.1:\d+/"
+        r"badmnist\.npz\?download=1: expected [0-9a-f]{32} got " + hashlib.md5(b"not the file").hexdigest(),
+    ):
         build_pool(["medmnist:badmnist"], cache_dir=cache)
     assert list(cache.iterdir()) == []
 
@@ -96,8 +98,11 @@ def test_offline(server, tmp_path):
     server.stop()
     server.stop = lambda: None  # already stopped
     cache = tmp_path / "cache"
-    with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:\d+/toymnist\.npz\?download=1 "
-                                        r"\(.+\); put the file in .*cache or check the network"):
+    with pytest.raises(
+        UserError,
+        match=r"cannot download http://127\.0\.0\.1:\d+/toymnist\.npz\?download=1 "
+        r"\(.+\); put the file in .*cache or check the network",
+    ):
         build_pool(["medmnist:toymnist"], cache_dir=cache)
     assert list(cache.iterdir()) == []
 

@@ -59,8 +59,9 @@ def test_classes_key_and_official_names(tmp_path, npz_writer):
     npz_writer(tmp_path / "named.npz", num_classes=2, classes=["cat", "dog"])
     npz_writer(tmp_path / "pneumoniamnist_64.npz", num_classes=2)  # known stem before the _SIZE suffix
     pool = build_pool([str(tmp_path / "named.npz"), str(tmp_path / "pneumoniamnist_64.npz")])
-    assert pool.classes == ["named/cat", "named/dog"] + [f"pneumoniamnist_64/{c}" for c in
-                                                         MEDMNIST_CLASSES["pneumoniamnist"]]
+    assert pool.classes == ["named/cat", "named/dog"] + [
+        f"pneumoniamnist_64/{c}" for c in MEDMNIST_CLASSES["pneumoniamnist"]
+    ]
     assert torch.equal(pool.splits["train"].labels[:4], torch.tensor([0, 1, 0, 1]))
     assert set(pool.splits["train"].labels[12:].tolist()) == {2, 3}  # second source is offset
 
@@ -78,8 +79,7 @@ def test_rgb_to_grey_uses_luminance_and_grey_to_rgb_repeats(tmp_path, npz_writer
 
 def test_resize_keeps_constant_images_constant(tmp_path, npz_writer):
     flat = np.full((4, 12, 12), 77, np.uint8)
-    npz_writer(tmp_path / "flat.npz", counts=(4, 4, 4), side=12, train_images=flat, val_images=flat,
-               test_images=flat)
+    npz_writer(tmp_path / "flat.npz", counts=(4, 4, 4), side=12, train_images=flat, val_images=flat, test_images=flat)
     for size in (5, 31):
         x = build_pool([str(tmp_path / "flat.npz")], image_size=size).splits["val"].load(torch.arange(4))
         assert x.shape == (4, 1, size, size) and bool((x == 77).all())
@@ -126,11 +126,14 @@ def test_length_mismatch(tmp_path, npz_writer):
     assert "val_images has 4 images but val_labels has 3 labels" in _error(str(tmp_path / "short.npz"))
 
 
-@pytest.mark.parametrize("images,what", [
-    (np.zeros((12, 8, 8), np.float32), "dtype float32"),
-    (np.zeros((12, 8, 8, 2), np.uint8), "shape (12, 8, 8, 2)"),
-    (np.zeros((12, 8), np.uint8), "shape (12, 8)"),
-])
+@pytest.mark.parametrize(
+    "images,what",
+    [
+        (np.zeros((12, 8, 8), np.float32), "dtype float32"),
+        (np.zeros((12, 8, 8, 2), np.uint8), "shape (12, 8, 8, 2)"),
+        (np.zeros((12, 8), np.uint8), "shape (12, 8)"),
+    ],
+)
 def test_bad_image_arrays(tmp_path, npz_writer, images, what):
     npz_writer(tmp_path / "bad.npz", train_images=images)
     msg = _error(str(tmp_path / "bad.npz"))

@@ -134,7 +134,7 @@ def _broken(out, what):
         (out / "train-00001.npy").unlink()
         return out / "train-00001.npy"
     data = (out / "val-00000.npy").read_bytes()  # truncated shard
-    (out / "val-00000.npy").write_bytes(data[:len(data) // 2])
+    (out / "val-00000.npy").write_bytes(data[: len(data) // 2])
     return out / "val-00000.npy"
 
 

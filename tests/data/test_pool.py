@@ -94,11 +94,14 @@ def test_subsample_per_class():
     assert len(pool.subsample("train", 1000, seed=0).splits["train"]) == len(pool.splits["train"])
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(specs=[]), "--data: give at least one data source"),
-    (dict(specs=["synthetic"], image_size=0), "--image-size 0: must be a positive integer"),
-    (dict(specs=["synthetic"], channels=2), "--channels 2: must be 1 or 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(specs=[]), "--data: give at least one data source"),
+        (dict(specs=["synthetic"], image_size=0), "--image-size 0: must be a positive integer"),
+        (dict(specs=["synthetic"], channels=2), "--channels 2: must be 1 or 3"),
+    ],
+)
 def test_bad_options(kwargs, msg):
     with pytest.raises(UserError, match="^" + msg):
         build_pool(**kwargs)

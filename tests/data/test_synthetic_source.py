@@ -1,6 +1,5 @@
 """The built-in synthetic multi-modal, multi-organ source."""
 
-
 import pytest
 import torch
 
@@ -71,13 +70,16 @@ def test_organs_differ_in_shape():
     assert disc > ring > 0 and disc > bar > 0
 
 
-@pytest.mark.parametrize("spec,msg", [
-    ("synthetic:colour=1", "bad option 'colour=1'"),
-    ("synthetic:n", "bad option 'n'"),
-    ("synthetic:n=many", "n=many is not an integer"),
-    ("synthetic:modalities=9", "modalities=9 is out of range"),
-    ("synthetic:size=2", "size=2 is out of range"),
-])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("synthetic:colour=1", "bad option 'colour=1'"),
+        ("synthetic:n", "bad option 'n'"),
+        ("synthetic:n=many", "n=many is not an integer"),
+        ("synthetic:modalities=9", "modalities=9 is out of range"),
+        ("synthetic:size=2", "size=2 is out of range"),
+    ],
+)
 def test_bad_options(spec, msg):
     with pytest.raises(UserError, match="^--data " + spec + ": " + msg):
         build_pool([spec])

@@ -119,8 +119,9 @@ def _check_against_sklearn(probs, labels, k, present):
         assert m["auroc"] == m["auroc_ovo"] == pytest.approx(roc_auc_score(labels == 1, probs[:, 1]))
     elif len(present) == 2:
         a, b = present
-        assert m["auroc"] == pytest.approx((roc_auc_score(labels == a, probs[:, a])
-                                            + roc_auc_score(labels == b, probs[:, b])) / 2)
+        assert m["auroc"] == pytest.approx(
+            (roc_auc_score(labels == a, probs[:, a]) + roc_auc_score(labels == b, probs[:, b])) / 2
+        )
         assert m["auroc_ovo"] == pytest.approx(m["auroc"])  # one pair, on all samples
     else:
         assert m["auroc"] == pytest.approx(roc_auc_score(relabel, sub, multi_class="ovr"))

@@ -187,16 +187,30 @@ def test_one_seed_tables_carry_no_plus_minus_zero():
     from rlmask.experiments import compare, transfer
 
     one = {m: mean_ci([0.5], bounds=(0.0, 1.0)) for m in compare.METRICS}
-    result = {"config": {"data": ["x"], "model": "m", "seeds": 1, "epochs": 1, "finetune_epochs": 1},
-              "equal_compute_epochs": 2, "minutes": 0.1, "methods": {"plain (2 ep)": one, "pgnm": one}}
+    result = {
+        "config": {"data": ["x"], "model": "m", "seeds": 1, "epochs": 1, "finetune_epochs": 1},
+        "equal_compute_epochs": 2,
+        "minutes": 0.1,
+        "methods": {"plain (2 ep)": one, "pgnm": one},
+    }
     table = compare.render_markdown(result, {})
     assert "Methods: 1 pretraining + 1 fine-tuning epochs" in table
     assert "| plain (2 ep) | 0.5000 | 0.5000 |" in table and "±" not in table.split("## Equal compute")[1]
     stat = mean_ci([0.5], bounds=(0.0, 1.0))
-    entry = {"repeats": [{"n_train": 8}], **{m: {"mean": stat["mean"], "ci": [stat["low"], stat["high"]],
-                                               "std": stat["std"], "n": stat["n"]} for m in transfer.METRICS}}
-    md = transfer.render_markdown({"config": {"data": ["x"], "mode": "linear", "epochs": 1, "repeats": 1},
-                                   "split": "test", "results": {"ckpt": {"4": entry}}})
+    entry = {
+        "repeats": [{"n_train": 8}],
+        **{
+            m: {"mean": stat["mean"], "ci": [stat["low"], stat["high"]], "std": stat["std"], "n": stat["n"]}
+            for m in transfer.METRICS
+        },
+    }
+    md = transfer.render_markdown(
+        {
+            "config": {"data": ["x"], "mode": "linear", "epochs": 1, "repeats": 1},
+            "split": "test",
+            "results": {"ckpt": {"4": entry}},
+        }
+    )
     assert "| 4 | 8 | 0.5000 | 0.5000 |" in md and "0.0000" not in md
     # Two seeds near the top of the range: clipped, so shown as a lopsided [low, high] within [0, 1].
     two = {m: mean_ci([0.96, 0.99], bounds=(0.0, 1.0)) for m in compare.METRICS}

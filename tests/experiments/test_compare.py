@@ -7,14 +7,40 @@ import numpy as np
 from rlmask.cli import main
 from rlmask.evaluate.paired import paired_bootstrap, verdict
 
-TINY = ["--data", "synthetic:n=16,size=16", "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64",
-        "--no-progress"]
+TINY = [
+    "--data",
+    "synthetic:n=16,size=16",
+    "--model",
+    "resnet10t",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "64",
+    "--no-progress",
+]
 
 
 def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", *TINY, "--methods", "plain", "random-mask", "--epochs", "1", "--finetune-epochs", "1",
-                 "--seeds", "1", "--bootstrap-resamples", "500", "--out", str(out)])
+    code = main(
+        [
+            "compare",
+            *TINY,
+            "--methods",
+            "plain",
+            "random-mask",
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--bootstrap-resamples",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     entry = result["paired"]["random-mask"]
@@ -25,11 +51,17 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     for metric, stat in entry.items():
         expected = paired_bootstrap(metric, a["probs"], b["probs"], b["labels"], n_resamples=500, seed=0)
         boot = stat["bootstrap"][0]
-        assert (boot["difference"], boot["low"], boot["high"]) == (expected["difference"], expected["low"],
-                                                                  expected["high"])
+        assert (boot["difference"], boot["low"], boot["high"]) == (
+            expected["difference"],
+            expected["low"],
+            expected["high"],
+        )
         assert stat["low"] == boot["low"] and stat["verdict"] == verdict(boot["low"], boot["high"])
         assert stat["basis"].startswith("paired bootstrap")
-        per_seed = result["methods"]["random-mask"]["per_seed"][0][metric] - result["methods"]["plain (2 ep)"]["per_seed"][0][metric]
+        per_seed = (
+            result["methods"]["random-mask"]["per_seed"][0][metric]
+            - result["methods"]["plain (2 ep)"]["per_seed"][0][metric]
+        )
         assert abs(stat["mean"] - per_seed) < 1e-12
     md = (out / "comparison.md").read_text()
     assert md.index("## Method - plain") < md.index("## Equal compute")
@@ -39,12 +71,42 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
 
 def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, shared_data, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", "--data", "synthetic:n=8,size=16,seed=0", "synthetic:n=8,size=16,seed=1,modalities=2",
-                 "--model", "resnet10t", "--batch-size", "16", "--eval-batch-size", "64", "--no-progress",
-                 "--methods", "plain", "random-mask", "--epochs", "1", "--finetune-epochs", "1", "--seeds", "1",
-                 "--bootstrap-resamples", "200", "--leave-out", "synthetic:n=8,size=16,seed=1,modalities=2",
-                 "--transfer-to", str(shared_data / "breastmnist.npz"), "--shots", "4,8", "--transfer-repeats", "2",
-                 "--out", str(out)])
+    code = main(
+        [
+            "compare",
+            "--data",
+            "synthetic:n=8,size=16,seed=0",
+            "synthetic:n=8,size=16,seed=1,modalities=2",
+            "--model",
+            "resnet10t",
+            "--batch-size",
+            "16",
+            "--eval-batch-size",
+            "64",
+            "--no-progress",
+            "--methods",
+            "plain",
+            "random-mask",
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--bootstrap-resamples",
+            "200",
+            "--leave-out",
+            "synthetic:n=8,size=16,seed=1,modalities=2",
+            "--transfer-to",
+            str(shared_data / "breastmnist.npz"),
+            "--shots",
+            "4,8",
+            "--transfer-repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     assert result["config"]["data"] == ["synthetic:n=8,size=16,seed=0"]  # pretrained without the left-out source

@@ -25,8 +25,19 @@ def pretrained(tmp_path_factory, shared_data):
     """A grey resnet10t trained for one epoch on 64 pneumonia X-rays per class, and the same weights as a
     plain state dict with torch.compile's ``_orig_mod.`` prefix in a folder without config.json."""
     run = tmp_path_factory.mktemp("pneumonia") / "plain" / "seed0"
-    fit(TrainConfig(data=[str(shared_data / "pneumoniamnist.npz")], model="resnet10t", epochs=1, image_size=16,
-                    train_per_class=64, eval_per_class=16, batch_size=32, progress=False, out=str(run)))
+    fit(
+        TrainConfig(
+            data=[str(shared_data / "pneumoniamnist.npz")],
+            model="resnet10t",
+            epochs=1,
+            image_size=16,
+            train_per_class=64,
+            eval_per_class=16,
+            batch_size=32,
+            progress=False,
+            out=str(run),
+        )
+    )
     heated = tmp_path_factory.mktemp("heated") / "heated.pt"
     save_checkpoint(heated, {f"_orig_mod.{k}": v for k, v in load_checkpoint(run / "last.pt")["model"].items()})
     return run / "last.pt", heated
@@ -69,8 +80,17 @@ def test_linear_transfer_of_two_checkpoints_on_identical_subsets(pretrained, sha
 
 def test_finetune_on_an_rgb_task_from_a_grey_checkpoint(pretrained, shared_data, tmp_path):
     # retinamnist is RGB with 5 classes; the pool is built grey for the grey checkpoint.
-    cfg = tiny(shared_data, tmp_path, [pretrained[0]], data="retinamnist", shots="4", repeats=2, epochs=1,
-               mode="finetune", eval_per_class=8)
+    cfg = tiny(
+        shared_data,
+        tmp_path,
+        [pretrained[0]],
+        data="retinamnist",
+        shots="4",
+        repeats=2,
+        epochs=1,
+        mode="finetune",
+        eval_per_class=8,
+    )
     result = run_transfer(cfg)
     entry = result["results"][result["checkpoints"][0]]["4"]
     assert result["checkpoint_info"][result["checkpoints"][0]]["channels"] == 1
@@ -96,7 +116,9 @@ def test_shots_and_labels():
     with pytest.raises(UserError, match="--shots"):
         parse_shots("0")
     assert checkpoint_labels(["runs/a/seed0/finetune/last.pt", "runs/b/seed0/finetune/last.pt"]) == [
-        "a/seed0/finetune/last.pt", "b/seed0/finetune/last.pt"]
+        "a/seed0/finetune/last.pt",
+        "b/seed0/finetune/last.pt",
+    ]
     assert checkpoint_labels(["x/last.pt", "x/last.pt"]) == ["x/last.pt", "x/last.pt#2"]
 
 

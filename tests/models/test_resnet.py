@@ -78,8 +78,10 @@ def test_state_dict_matches_timm_and_loads_strictly(name, small_stem):
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
     g = torch.Generator().manual_seed(0)
     # A stand-in for a timm checkpoint: random tensors of timm's names and shapes (BN counters are ints).
-    fake = {k: torch.tensor(3) if k.endswith("num_batches_tracked") else torch.rand(s, generator=g) + 0.5
-            for k, s in expected.items()}
+    fake = {
+        k: torch.tensor(3) if k.endswith("num_batches_tracked") else torch.rand(s, generator=g) + 0.5
+        for k, s in expected.items()
+    }
     model.load_state_dict(fake, strict=True)
     assert torch.equal(model.state_dict()["fc.weight"], fake["fc.weight"])
 
@@ -189,7 +191,9 @@ def test_init_weights_name_what_does_not_fit(tmp_path):
 
 
 def test_unknown_model_is_a_user_error():
-    with pytest.raises(UserError, match=r"^--model resnet99: unknown model; choose from context_encoder, resnet10t, resnet18"):
+    with pytest.raises(
+        UserError, match=r"^--model resnet99: unknown model; choose from context_encoder, resnet10t, resnet18"
+    ):
         create_model("resnet99", num_classes=2)
 
 

@@ -26,8 +26,26 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
     common = ["--data", DATA, "--model", "resnet10t", "--batch-size", "4", "--no-progress"]
     assert main(["pretrain", *common, "--epochs", "2", "--out", str(root / "run")]) == 0
-    assert main(["compare", *common, "--epochs", "1", "--finetune-epochs", "1", "--seeds", "1",
-                 "--methods", "plain", "random-mask", "--out", str(root / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                *common,
+                "--epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--seeds",
+                "1",
+                "--methods",
+                "plain",
+                "random-mask",
+                "--out",
+                str(root / "cmp"),
+            ]
+        )
+        == 0
+    )
     return {"run": root / "run", "compare": root / "cmp"}
 
 
@@ -78,13 +96,19 @@ def test_compare_tables_lead_with_the_paired_verdict_and_highlight_no_best_mean(
     # A comparison.json alone (no figures yet): the tables still render; which method is better is said by
     # the paired verdict, not by a highlighted largest mean.
     methods = {"plain (2 ep)": [0.25, 0.35], "pgnm": [0.6, 0.8]}
-    summary = {m: {"per_seed": [{"seed": s, "accuracy": v} for s, v in enumerate(vals)], "accuracy": _stat(vals)}
-               for m, vals in methods.items()}
-    paired = {"pgnm": {"macro_f1": {"mean": 0.4, "low": 0.1, "high": 0.7, "verdict": "better",
-                                    "basis": "t-interval over 2 seeds"}}}
+    summary = {
+        m: {"per_seed": [{"seed": s, "accuracy": v} for s, v in enumerate(vals)], "accuracy": _stat(vals)}
+        for m, vals in methods.items()
+    }
+    paired = {
+        "pgnm": {
+            "macro_f1": {"mean": 0.4, "low": 0.1, "high": 0.7, "verdict": "better", "basis": "t-interval over 2 seeds"}
+        }
+    }
     (tmp_path / "cmp").mkdir()
-    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"config": {"seeds": 2}, "methods": summary,
-                                                                  "paired": paired}))
+    (tmp_path / "cmp" / "comparison.json").write_text(
+        json.dumps({"config": {"seeds": 2}, "methods": summary, "paired": paired})
+    )
     page = build_report([tmp_path / "cmp"], tmp_path / "r.html").read_text()
     assert not re.findall(r'class="num best"', page)
     assert page.index("Method - plain") < page.index("Equal compute")
@@ -94,12 +118,20 @@ def test_compare_tables_lead_with_the_paired_verdict_and_highlight_no_best_mean(
 
 def test_transfer_folder(tmp_path):
     folder = tmp_path / "transfer"
-    results = {label: {shots: {"repeats": [{"repeat": 0, "n_train": 2 * int(shots)}],
-                               **{m: _stat([0.5 + 0.01 * int(shots) + bonus]) for m in ("accuracy", "macro_f1")}}
-                       for shots in ("1", "4")} for label, bonus in (("plain", 0.0), ("pgnm", 0.1))}
+    results = {
+        label: {
+            shots: {
+                "repeats": [{"repeat": 0, "n_train": 2 * int(shots)}],
+                **{m: _stat([0.5 + 0.01 * int(shots) + bonus]) for m in ("accuracy", "macro_f1")},
+            }
+            for shots in ("1", "4")
+        }
+        for label, bonus in (("plain", 0.0), ("pgnm", 0.1))
+    }
     folder.mkdir()
-    (folder / "transfer.json").write_text(json.dumps({"config": {"data": ["x"]}, "checkpoints": list(results),
-                                                      "results": results}))
+    (folder / "transfer.json").write_text(
+        json.dumps({"config": {"data": ["x"]}, "checkpoints": list(results), "results": results})
+    )
     plot_transfer(results, folder / "transfer.png")
     page = build_report([folder], tmp_path / "r.html").read_text()
     assert page.count(IMG) == 1
@@ -130,9 +162,17 @@ def test_report_in_a_real_browser(folders, tmp_path, monkeypatch):
     out = build_report([folders["compare"]], tmp_path / "report.html", title="Browser check")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                f"--user-data-dir={tmp_path / 'profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -141,7 +181,8 @@ def test_report_in_a_real_browser(folders, tmp_path, monkeypatch):
         driver.get(out.resolve().as_uri())
         assert driver.title == "Browser check"
         images = driver.execute_script(
-            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]);")
+            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]);"
+        )
         assert len(images) == len(list(folders["compare"].glob("*.png")))
         assert all(done and width > 0 and src == "data:image/png;base64," for done, width, src in images)
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]

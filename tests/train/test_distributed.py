@@ -10,14 +10,34 @@ import torch
 
 # float32 throughout (--no-amp): the batch-b-vs-2b check compares weights to float32 tolerance, and bf16
 # autocast (the default on CPUs with native bf16) rounds partial sums that differ between the two runs.
-TINY = ["--data", "synthetic:n=8,size=16", "--model", "resnet10t", "--eval-batch-size", "64", "--no-progress",
-        "--epochs", "1", "--lr", "0.02", "--no-amp"]
+TINY = [
+    "--data",
+    "synthetic:n=8,size=16",
+    "--model",
+    "resnet10t",
+    "--eval-batch-size",
+    "64",
+    "--no-progress",
+    "--epochs",
+    "1",
+    "--lr",
+    "0.02",
+    "--no-amp",
+]
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
 def torchrun(nproc, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-           "-m", "rlmask", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "-m",
+        "rlmask",
+        *map(str, args),
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -45,8 +65,12 @@ def test_two_processes_write_one_run(two_process_run):
 
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(two_process_run, tmp_path):
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "rlmask", "train", *TINY, "--batch-size", "16", "--out", str(single)],
-                   env=ENV, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "rlmask", "train", *TINY, "--batch-size", "16", "--out", str(single)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     a, b = weights(two_process_run), weights(single)
     assert a.keys() == b.keys()
     for key in a:
