@@ -183,3 +183,14 @@ def test_more_config_types_are_checked(tmp_path, capsys):
         assert main(["train", "--config", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err and name in err
+
+
+def test_a_symlink_loop_in_an_image_folder_is_walked_once(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "a").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "data" / split / "a" / f"{i}.png")
+    (tmp_path / "data" / "train" / "a" / "loop").symlink_to(tmp_path / "data" / "train")  # a -> train -> a ...
+    assert main(["data", "info", str(tmp_path / "data"), "--no-progress", "--json"]) == 0
+    info = __import__("json").loads(capsys.readouterr().out)
+    assert info["splits"]["train"]["count"] == 2
