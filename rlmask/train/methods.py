@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from rlmask.agents import AGENTS, get_agent
+from rlmask.agents import get_agent
 from rlmask.agents.noise import BARELY_MOVED, MOVED
 from rlmask.config import option
 from rlmask.data import BatchLoader
@@ -28,7 +28,9 @@ from rlmask.train.loop import Run, TrainConfig, fit
 class PretrainConfig(TrainConfig):
     """Options of ``rlmask pretrain``: ``rlmask train``'s, the method and the agent's own options."""
 
-    method: str = option("pgnm", "masking method (a registered agent; its options follow it)", choices=list(AGENTS))
+    method: str = option(
+        "pgnm", "masking method (a registered agent; its options follow it)"
+    )  # checked against the registry when run
     out: str = option("runs/pretrain", "output directory", metavar="DIR")
     # The agent's own options as plain data ({name: value}); on the command line they are the flags of
     # the agent named by --method, checked against its options dataclass.
