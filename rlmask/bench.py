@@ -93,7 +93,7 @@ def _step_runner(
 ):
     """One training step of ``method`` on the fixed batch (x, y), as the loop runs it, under ``settings``."""
     from rlmask.models import default_small_stem
-    from rlmask.train.loop import compile_for_training, make_optimizer
+    from rlmask.train.loop import compile_for_training, make_agent_optimizer, make_optimizer
     from rlmask.train.step import TrainStep
     from rlmask.train.tasks import build_task
 
@@ -108,18 +108,7 @@ def _step_runner(
     agent.to(device, memory_format=memory_format)
     x = x.contiguous(memory_format=memory_format)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
-    agent_options = agent.optimizer_options()
-    agent_opt = (
-        make_optimizer(
-            agent.parameters(),
-            agent_options.optimizer,
-            agent_options.lr,
-            agent_options.momentum,
-            agent_options.weight_decay,
-        )
-        if agent_options
-        else None
-    )
+    agent_opt = make_agent_optimizer(agent)
     model.train()
     agent.train()
     step_model = compile_for_training(model, agent) if settings.compile else model

@@ -175,6 +175,14 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
         return cls(params, **kwargs)
 
 
+def make_agent_optimizer(agent: MaskAgent) -> torch.optim.Optimizer | None:
+    """The agent's own optimiser, built from ``agent.optimizer_options()`` (None for agents without one)."""
+    options: AgentOptimizer | None = agent.optimizer_options()
+    if options is None:
+        return None
+    return make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum, options.weight_decay)
+
+
 def compile_for_training(train_model: nn.Module, agent: MaskAgent) -> nn.Module:
     """torch.compile the classifier (returned wrapped) and the agent's networks (in place).
 
@@ -331,17 +339,9 @@ def build_run(
     )
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, schedule=cfg.schedule, **sched_kwargs)
-    agent_opt = agent_sched = None
-    agent_options: AgentOptimizer | None = agent.optimizer_options()
-    if agent_options is not None:
-        agent_opt = make_optimizer(
-            agent.parameters(),
-            agent_options.optimizer,
-            agent_options.lr,
-            agent_options.momentum,
-            agent_options.weight_decay,
-        )
-        agent_sched = make_scheduler(agent_opt, schedule=agent_options.schedule, **sched_kwargs)
+    agent_opt, agent_sched = make_agent_optimizer(agent), None
+    if agent_opt is not None:
+        agent_sched = make_scheduler(agent_opt, schedule=agent.optimizer_options().schedule, **sched_kwargs)
 
     train_model = model
     if world > 1 and cfg.sync_bn:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlmask.agents import AGENTS
-from rlmask.train.loop import make_optimizer
+from rlmask.train.loop import make_agent_optimizer, make_optimizer
 from rlmask.train.step import TrainStep
 from rlmask.train.tasks import build_task
 
@@ -47,12 +47,7 @@ def setup(name: str, seed: int = 0):
     model = task.build_model("resnet10t", K, C, small_stem=True)
     agent = spec.build(S, C, seed=seed, options=options)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
-    options = agent.optimizer_options()
-    agent_opt = (
-        make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum, options.weight_decay)
-        if options
-        else None
-    )
+    agent_opt = make_agent_optimizer(agent)
     ctx = TrainStep(model, task.loss, opt, agent, agent_opt, device=torch.device("cpu"), total_steps=10)
     return model, agent, opt, agent_opt, ctx
 

@@ -14,7 +14,7 @@ import torch
 
 from rlmask.agents import AGENTS
 from rlmask.agents.noise import sample_beta
-from rlmask.train.loop import compile_for_training, make_optimizer
+from rlmask.train.loop import compile_for_training, make_agent_optimizer, make_optimizer
 from rlmask.train.step import TrainStep
 from rlmask.train.tasks import build_task
 
@@ -55,12 +55,7 @@ def _step_setup(name: str, compile: bool = False):
     model = task.build_model("resnet18", K, C, small_stem=True).to(CUDA, memory_format=torch.channels_last)
     agent = spec.build(S, C, seed=0).to(CUDA, memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 1e-4)
-    options = agent.optimizer_options()
-    agent_opt = (
-        make_optimizer(agent.parameters(), options.optimizer, options.lr, options.momentum, options.weight_decay)
-        if options
-        else None
-    )
+    agent_opt = make_agent_optimizer(agent)
     step_model = compile_for_training(model, agent) if compile else model
     return agent, TrainStep(step_model, task.loss, opt, agent, agent_opt, device=CUDA, amp=True, total_steps=10)
 
