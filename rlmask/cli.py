@@ -123,13 +123,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rlmask.agents import AGENTS, get_agent
     from rlmask.config import coerce_all, load_config_file
-    from rlmask.experiments.compare import CompareConfig, run_comparison
+    from rlmask.experiments.compare import DEFAULT_METHODS, CompareConfig, parse_methods, run_comparison
 
     file_values = load_config_file(args.config) if args.config else {}
+    methods = getattr(args, "methods", None) or file_values.get("methods") or DEFAULT_METHODS
+    variants = parse_methods([methods] if isinstance(methods, str) else [str(m) for m in methods])
     sections = {}  # a config file's section per method: {method: {option: value}}
     for key in [k for k, v in file_values.items() if isinstance(v, dict)]:
-        method = key.replace("_", "-") if key.replace("_", "-") in AGENTS else key
-        spec = get_agent(method, f"--config {args.config}: section")
+        method = key.replace("_", "-") if key.replace("_", "-") in {*AGENTS, *variants} else key
+        spec = get_agent(variants.get(method, method), f"--config {args.config}: section")
         values = {str(k).replace("-", "_"): v for k, v in file_values.pop(key).items()}
         if spec.options is None:
             raise UserError(f"--config {args.config}: section {method}: method {method} takes no options")

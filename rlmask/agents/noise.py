@@ -17,6 +17,7 @@ Baselines: ``RandomMaskAgent`` (Beta(1,1) cells rendered with the same ``MaskGeo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -442,7 +443,9 @@ class NoiseMaskAgent(_SeededAgent):
         cfg.validate()
         self.cfg = cfg = cfg.resolved()  # the objective's defaults filled in
         self.geometry = scaled_mask_geometry(image_size, cfg.grid, cfg.kernel, cfg.sigma)
-        self.policy = BetaNoisePolicy(
+        # the seed fixes the initial weights: a second call rebuilds the untrained policy (drift_from_untrained)
+        self._new_policy = functools.partial(
+            BetaNoisePolicy,
             self.geometry["grid"],
             in_chans,
             image_size,
@@ -453,6 +456,8 @@ class NoiseMaskAgent(_SeededAgent):
             cfg.max_concentration,
             seed=seed,
         )
+        self.policy = self._new_policy()
+        self._untrained: list[BetaNoisePolicy] = []  # built when first needed; a list keeps it out of the state
         self.register_buffer("baseline", torch.zeros(()))  # running mean of the rewards
         self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))
         # The distribution the policy starts from, Beta(exp(base_a), exp(base_b)) at construction, for the
@@ -548,6 +553,34 @@ class NoiseMaskAgent(_SeededAgent):
             "policy/mask_sample_std": _std(per_sample),
             "policy/kl_from_initial": beta_kl(a, b, a0, b0).mean(),
             "policy/moved_fraction": ((a / (a + b) - a0 / (a0 + b0)).abs() > MOVED).float().mean(),
+        }
+
+    @torch.no_grad()
+    def drift_from_untrained(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What learning changed in the policy's output for x (B, C, H, W), in eval mode.
+
+        The reference is the untrained policy (the seed's initial weights, rebuilt) run with the *current*
+        buffers (bases, batch-norm statistics): a policy whose weights never learn gives exactly it, whereas
+        the buffers alone drift even then (the bases toward the heads' mean output), so "moved since the
+        start" reports a policy that learned nothing as moving. Per (sample, cell), (B, G*G) each: ``moved`` (Beta means more than 0.1 apart)
+        and ``kl`` (KL of the learned Beta from the untrained one).
+        """
+        if not self._untrained:
+            self._untrained.append(self._new_policy().eval())
+        untrained = self._untrained[0].to(x.device)
+        learned_policy = getattr(self.policy, "_orig_mod", self.policy)  # the module itself when compiled
+        for mine, now in zip(untrained.buffers(), learned_policy.buffers()):
+            mine.copy_(now)  # the bases and batch-norm statistics as they are now; only the weights are initial
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            learned = self.policy.distribution(*self.policy(x))
+        finally:
+            self.policy.train(was_training)
+        start = untrained.distribution(*untrained(x))
+        return {
+            "moved": (learned.mean - start.mean).abs() > MOVED,
+            "kl": beta_kl(learned.concentration1, learned.concentration0, start.concentration1, start.concentration0),
         }
 
     @torch.no_grad()

@@ -51,7 +51,12 @@ class CompareConfig(TrainConfig):
     out: str = option("runs/compare", "output directory", metavar="DIR")
     finetune_epochs: int = option(1, "fine-tuning epochs after pretraining (plain gets epochs + finetune_epochs)")
     seeds: int = option(2, "number of seeds (0 .. seeds-1)")
-    methods: list[str] = option(DEFAULT_METHODS, f"methods to compare: {', '.join(AGENTS)}", metavar="METHOD")
+    methods: list[str] = option(
+        DEFAULT_METHODS,
+        f"methods to compare: {', '.join(AGENTS)}; LABEL=METHOD adds a variant of METHOD under its own "
+        "name (its options: --method-option LABEL:NAME=VALUE)",
+        metavar="METHOD",
+    )
     finetune_lr: float = option(1e-3, "fine-tuning learning rate (reference: 1e-3)")
     finetune_warmup: float = option(
         FINETUNE_WARMUP, "fine-tuning warm-up as a fraction of finetune_epochs (reference: 7 of 10)"
@@ -81,13 +86,17 @@ class CompareConfig(TrainConfig):
     )
     # {method: {option: value}} from the config file's per-method sections and --method-option
     method_options: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method options"})
+    # {label: agent} of the compared methods; a label differs from its agent for a variant (LABEL=METHOD)
+    agents: dict = field(default_factory=dict, metadata={"cli": False, "help": "agent of each method"})
+
+    def agent_of(self, method: str) -> str:
+        """The registered agent behind a compared method (itself, or the METHOD of a LABEL=METHOD variant)."""
+        return self.agents.get(method, method)
 
     def validate(self) -> None:
         super().validate()
-        # "--methods plain,apga,cutout" and "--methods plain apga cutout" are the same list
-        self.methods = [m for item in self.methods for m in item.split(",") if m]
-        for m in self.methods:
-            get_agent(m, "--methods")
+        self.agents = parse_methods(self.methods)
+        self.methods = list(self.agents)
         if self.seeds < 1 or self.finetune_epochs < 0:
             raise UserError("--seeds must be >= 1, --finetune-epochs >= 0")
         if self.bootstrap_resamples < 100:
@@ -109,7 +118,9 @@ class CompareConfig(TrainConfig):
             name, eq, value = assignment.partition("=")
             if not (sep and eq and name):
                 raise UserError(f"--method-option {item}: expected METHOD:NAME=VALUE")
-            spec = get_agent(method, "--method-option")
+            if method not in self.agents:
+                raise UserError(f"--method-option {item}: {method} is not among --methods ({', '.join(self.agents)})")
+            spec = get_agent(self.agent_of(method))
             name = name.replace("-", "_")
             if spec.options is None:
                 raise UserError(f"--method-option {item}: method {method} takes no options")
@@ -118,9 +129,11 @@ class CompareConfig(TrainConfig):
                 raise UserError(f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method}")
             options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
         for method, values in options.items():
-            get_agent(method, "--config").make_options(values)  # unknown or out-of-range options fail now
+            get_agent(self.agent_of(method), "--config").make_options(
+                values
+            )  # unknown or out-of-range options fail now
         # <<< a method pretraining without labels (reconstruct task) is scored after fine-tuning only
-        unlabelled = [m for m in self.methods if get_agent(m).task != "classify"]
+        unlabelled = [m for m in self.methods if get_agent(self.agent_of(m)).task != "classify"]
         if unlabelled and self.finetune_epochs == 0:
             raise UserError(
                 f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
@@ -129,10 +142,30 @@ class CompareConfig(TrainConfig):
         self.method_options = options
 
 
+def parse_methods(items: list[str]) -> dict[str, str]:
+    """``--methods`` as {label: agent}: "plain,apga" and "plain apga" are the same list; ``LABEL=METHOD`` is a
+    variant of a registered METHOD under its own label (a folder name, so letters, digits, ``-``, ``_``, ``.``)."""
+    agents: dict[str, str] = {}
+    for entry in (m for item in items for m in item.split(",") if m):
+        label, sep, agent = entry.partition("=")
+        agent = agent if sep else label
+        get_agent(agent, "--methods")
+        if sep and (label in AGENTS or not label or not all(c.isalnum() or c in "-_." for c in label)):
+            raise UserError(
+                f"--methods {entry}: a variant's label must be a new name of letters, digits, '-', '_' or '.'"
+            )
+        if label in agents:
+            raise UserError(f"--methods: {label} is listed twice")
+        agents[label] = agent
+    return agents
+
+
 def _agent_options(method: str, cfg: CompareConfig, values: dict | None = None) -> dict:
     """Every option of ``method``'s agent as plain data: its defaults, its preset, the comparison's values
     (``values`` when given)."""
-    options = get_agent(method).make_options(values if values is not None else cfg.method_options.get(method))
+    options = get_agent(cfg.agent_of(method)).make_options(
+        values if values is not None else cfg.method_options.get(method)
+    )
     return to_plain(options) if options is not None else {}
 
 
@@ -195,7 +228,7 @@ def _method_values(cfg: CompareConfig, method: str, seed: int, out: Path) -> dic
     """The comparison's options of ``method``, with its plain-checkpoint option (if it has one and the user did
     not set it) filled with the same seed's plain run's last.pt."""
     values = cfg.method_options.get(method)
-    name = get_agent(method).plain_checkpoint_option
+    name = get_agent(cfg.agent_of(method)).plain_checkpoint_option
     if name and not (values or {}).get(name):
         values = dict(values or {}) | {name: str(_plain_run(cfg, seed, out) / "last.pt")}
     return values
@@ -245,12 +278,14 @@ def run_comparison(cfg: CompareConfig) -> dict:
                 seed=seed,
                 out=str(pre_dir),
                 epochs=cfg.epochs,
-                method=method,
+                method=cfg.agent_of(method),
                 agent=_agent_options(method, cfg, values),
             )
             pre_metrics = _run_once(pretrain, pre_cfg)
             row = {"seed": seed}
-            if get_agent(method).task == "classify":  # a reconstruct task's heated model has no class scores
+            if (
+                get_agent(cfg.agent_of(method)).task == "classify"
+            ):  # a reconstruct task's heated model has no class scores
                 row |= {f"heated_{k}": v for k, v in _scores(pre_metrics).items()}
                 row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
             curve = read_jsonl(pre_dir / "log.jsonl")
@@ -608,7 +643,7 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     x = Augment(pool.image_size, train=False)(x_u8, None)
     rows, extra = {}, {}
     for method in methods:
-        agent = get_agent(method).build(
+        agent = get_agent(cfg.agent_of(method)).build(
             pool.image_size, pool.channels, seed=0, options=_method_values(cfg, method, 0, out)
         )
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"

@@ -72,13 +72,15 @@ def export_heated(run: Run) -> None:
     index = torch.linspace(0, len(val) - 1, min(FIGURE_IMAGES, len(val))).long()
     x = run.eval_aug(val.load(index).to(run.device), None)  # (n, C, S, S) normalised
     run.agent.write_figures(run.model, x, run.out, run.eval_aug.mean, run.eval_aug.std)
-    if hasattr(run.agent, "cell_means"):
+    if hasattr(run.agent, "drift_from_untrained"):
         write_policy_summary(run)
 
 
 def write_policy_summary(run: Run) -> dict:
-    """policy_summary.json: the policy's mean expected keep per class on the validation split, and the last
-    epoch's drift; says "policy barely moved: ..." (tqdm.write) when under 1% of the cells moved.
+    """policy_summary.json: on the validation split, the policy's expected keep per class (mean and spread of
+    the per-image means) and what learning changed (against the untrained policy with the same buffers:
+    share of cells whose Beta mean moved by more than 0.1, mean KL); the last epoch's logged drift. Says
+    "policy barely moved: ..." (tqdm.write) when under 1% of the validation cells moved.
 
     Here, after training, rather than in the step: per-class means need the labels of a whole split and
     one pass over it, which the step's scalar logs cannot give without a host sync per batch.
@@ -96,28 +98,34 @@ def write_policy_summary(run: Run) -> dict:
             rank=0,
             world_size=1,
         )
-        sums = torch.zeros(len(run.pool.classes), dtype=torch.float64)
-        counts = torch.zeros(len(run.pool.classes), dtype=torch.float64)
+        keeps, labels, moved, kl = [], [], [], []
         for x_u8, y in loader.epoch(0):
-            keep = run.agent.cell_means(run.eval_aug(x_u8, None)).mean(1).double().cpu()  # (B,) mean keep
-            y = y.cpu()
-            sums.index_add_(0, y, keep)
-            counts.index_add_(0, y, torch.ones_like(keep))
+            x = run.eval_aug(x_u8, None)
+            keeps.append(run.agent.cell_means(x).mean(1).double().cpu())  # (B,) mean keep per image
+            labels.append(y.cpu())
+            drift = run.agent.drift_from_untrained(x)
+            moved.append(drift["moved"].double().mean(1).cpu())
+            kl.append(drift["kl"].double().mean(1).cpu())
+        keep, label = torch.cat(keeps), torch.cat(labels)
         summary["val_mask_mean_per_class"] = {
-            c: (sums[i] / counts[i]).item() if counts[i] else None for i, c in enumerate(run.pool.classes)
+            c: keep[label == i].mean().item() if (label == i).any() else None for i, c in enumerate(run.pool.classes)
         }
-    records = [r for r in read_jsonl(run.out / "log.jsonl") if "policy/moved_fraction" in r]
-    if records:
-        last = records[-1]
-        keys = ("policy/moved_fraction", "policy/kl_from_initial", "policy/mask_mean", "policy/mask_sample_std")
-        summary["last_epoch"] = {k: last[k] for k in keys if k in last}
-        moved = last["policy/moved_fraction"]
-        summary["barely_moved"] = moved < BARELY_MOVED
+        summary["val_mask_std_per_class"] = {
+            c: keep[label == i].std(correction=0).item() if (label == i).any() else None
+            for i, c in enumerate(run.pool.classes)
+        }
+        summary["val_moved_fraction"] = torch.cat(moved).mean().item()
+        summary["val_kl_from_untrained"] = torch.cat(kl).mean().item()
+        summary["barely_moved"] = summary["val_moved_fraction"] < BARELY_MOVED
         if summary["barely_moved"]:
             tqdm.write(
-                f"policy barely moved: {moved:.4f} of the cells' Beta means are > {MOVED} from the initial "
-                f"ones in the last epoch (KL from the initial Beta {last.get('policy/kl_from_initial', 0):.4g})"
+                f"policy barely moved: {summary['val_moved_fraction']:.4f} of the validation cells' Beta means are "
+                f"> {MOVED} from the untrained policy's (mean KL {summary['val_kl_from_untrained']:.4g})"
             )
+    records = [r for r in read_jsonl(run.out / "log.jsonl") if "policy/moved_fraction" in r]
+    if records:
+        keys = ("policy/moved_fraction", "policy/kl_from_initial", "policy/mask_mean", "policy/mask_sample_std")
+        summary["last_epoch"] = {k: records[-1][k] for k in keys if k in records[-1]}
     write_json(run.out / "policy_summary.json", summary)
     return summary
 

@@ -360,3 +360,20 @@ def test_log_prob_and_entropy_equal_torch_beta_with_gradients():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     _, entropy = beta_log_prob_and_entropy(policy.distribution(log_alpha, log_beta), cells, entropy_grad=False)
     assert not entropy.requires_grad
+
+
+def test_drift_from_untrained_sees_learned_weights_not_moved_buffers():
+    from rlmask.agents.noise import NoiseConfig, NoiseMaskAgent
+
+    agent = NoiseMaskAgent(NoiseConfig(grid=4, kernel=1), 16, 1, seed=3)
+    x = torch.randn(8, 1, 16, 16)
+    with torch.no_grad():
+        agent.policy.base_a.add_(2.0)  # the bases drift (as the EMA makes them) ...
+    drift = agent.drift_from_untrained(x)
+    assert drift["moved"].shape == (8, 16) and not drift["moved"].any()  # ... which is not learning
+    assert drift["kl"].abs().max() < 1e-5
+    with torch.no_grad():
+        agent.policy.head_a[-1].bias.add_(3.0)  # a learned change of the weights moves the means
+    drift = agent.drift_from_untrained(x)
+    assert drift["moved"].float().mean() > 0.5 and drift["kl"].mean() > 0.01
+    assert not any(k.startswith("_untrained") for k in agent.state_dict())

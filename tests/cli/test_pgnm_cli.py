@@ -42,6 +42,21 @@ def test_pretrain_writes_heated_policy_and_policy_statistics(pgnm_run):
     assert config["method"] == "pgnm" and config["agent"]["objective"] == "reinforce"
 
 
+def test_policy_summary_measures_learning_against_the_untrained_policy(pgnm_run, tmp_path, capsys):
+    summary = json.loads((pgnm_run / "policy_summary.json").read_text())
+    assert set(summary["val_mask_mean_per_class"]) == set(summary["val_mask_std_per_class"])
+    assert 0 <= summary["val_moved_fraction"] <= 1 and summary["val_kl_from_untrained"] >= 0
+    # A policy whose weights cannot learn: its buffers (bases, batch-norm statistics) still drift, yet
+    # against the untrained policy with those buffers nothing moved, and the run says so.
+    out = tmp_path / "frozen"
+    args = ["pretrain", "--method", "pgnm", *DATA, *FAST, "--epochs", "1", "--policy-lr", "1e-12", "--out", str(out)]
+    assert main(args) == 0
+    frozen = json.loads((out / "policy_summary.json").read_text())
+    assert frozen["val_moved_fraction"] == 0 and frozen["barely_moved"] is True
+    assert frozen["val_kl_from_untrained"] < 1e-6
+    assert "policy barely moved" in capsys.readouterr().out
+
+
 def test_heated_model_has_timm_keys_and_loads_strictly(pgnm_run):
     state = torch.load(pgnm_run / "heated.pt")
     model = create_model("resnet10t", 12, in_chans=1, small_stem=True)

@@ -123,3 +123,34 @@ def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, s
     digests = [[r["subset_digest"] for r in run["results"][m]["4"]["repeats"]] for m in run["checkpoints"]]
     assert digests[0] == digests[1]
     assert "## Transfer to unseen tasks" in (out / "comparison.md").read_text()
+
+
+def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
+    """``LABEL=METHOD``: the same agent with other options, compared under its own name and folder."""
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        *TINY,
+        "--methods",
+        "plain,random-mask,coarse=random-mask",
+        "--method-option",
+        "coarse:grid=4",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--seeds",
+        "1",
+        "--bootstrap-resamples",
+        "200",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads((out / "comparison.json").read_text())
+    assert set(result["paired"]) == {"random-mask", "coarse"}
+    coarse = json.loads((out / "coarse" / "seed0" / "pretrain" / "config.json").read_text())
+    default = json.loads((out / "random-mask" / "seed0" / "pretrain" / "config.json").read_text())
+    assert coarse["method"] == default["method"] == "random-mask"
+    assert coarse["agent"]["grid"] == 4 and default["agent"]["grid"] is None
+    assert "| coarse |" in (out / "comparison.md").read_text()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The efficacy study: does a masking method beat plain training on the six-file pool of ../shared/data,
+# in-domain and on an unseen source, and does the gap change with the budget? CPU-hours; never in CI.
+#
+#   bash benchmarks/efficacy.sh [short|long|leave-out|all] [OUT]     (default: all, runs/efficacy)
+#
+# Every part is one `rlmask compare`: run it again and it skips finished sub-runs and resumes an
+# interrupted one, so the study can be stopped and continued across sessions. The parts share nothing and
+# may run side by side (one per core: OMP_NUM_THREADS=1). Each part's comparison.json, comparison.md and
+# differences.png are copied to benchmarks/results/efficacy/PART/ when it completes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:-all}
+OUT=${2:-runs/efficacy}
+RLMASK=${RLMASK:-rlmask}
+D=../shared/data
+POOL=($D/organamnist.npz $D/bloodmnist.npz $D/pneumoniamnist.npz $D/breastmnist.npz $D/retinamnist.npz $D/mednist64.npz)
+COMMON=(--data "${POOL[@]}" --image-size 28 --model resnet10t --train-per-class 100 --eval-per-class 100
+        --seeds 3 --no-progress)
+# Issue 17's "before": the reinforce objective with its defaults of before that issue.
+BEFORE=(--method-option pgnm-before17:log_prob_reduction=sum --method-option pgnm-before17:advantage_norm=false
+        --method-option pgnm-before17:base_mix=0.9 --method-option pgnm-before17:policy_optimizer=sgd
+        --method-option pgnm-before17:policy_lr=0.01 --method-option pgnm-before17:policy_schedule=cosine)
+# The fast configuration: the policy sees the image at half its side.
+HALF=(--method-option pgnm-half:policy_input_size=14)
+
+run() {  # run PART-NAME ARGS...: one comparison, then its tables and figure into benchmarks/results
+  local name=$1; shift
+  local start=$SECONDS
+  "$RLMASK" compare "$@" --out "$OUT/$name"
+  echo "efficacy $name: $(( SECONDS - start )) s in this invocation" | tee -a "$OUT/$name/wall.txt"
+  mkdir -p "benchmarks/results/efficacy/$name"
+  cp "$OUT/$name"/comparison.{json,md} "$OUT/$name/wall.txt" "benchmarks/results/efficacy/$name/"
+  [ -f "$OUT/$name/differences.png" ] && cp "$OUT/$name/differences.png" "benchmarks/results/efficacy/$name/"
+}
+
+if [[ $PART == short || $PART == all ]]; then  # 4 + 1 epochs: every method
+  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" "${HALF[@]}" --methods \
+    plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask,pgnm-reference,gaussian-noise,pgnm-half=pgnm-reinforce,apga,context-dqn,context-random
+fi
+if [[ $PART == long || $PART == all ]]; then  # 12 + 3 epochs: does the gap shrink, vanish or reverse?
+  run long "${COMMON[@]}" --epochs 12 --finetune-epochs 3 --methods plain,pgnm-reinforce,random-mask
+fi
+if [[ $PART == leave-out || $PART == all ]]; then  # pretrain on five sources, transfer to the sixth
+  run leave-out "${COMMON[@]}" --epochs 4 --finetune-epochs 1 --leave-out breastmnist.npz --shots 16,64,256 \
+    --transfer-mode linear --methods plain,pgnm-reinforce,random-mask,apga,context-dqn
+fi
