@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = json.load(open(args.transfer_json))["results"]
     seeds = sorted(
-        int(k.rsplit("-s", 1)[1]) for k in results if k.startswith(f"{args.a}-s") and f"{args.b}-s{k.rsplit('-s', 1)[1]}" in results
+        int(k.rsplit("-s", 1)[1])
+        for k in results
+        if k.startswith(f"{args.a}-s") and f"{args.b}-s{k.rsplit('-s', 1)[1]}" in results
     )
     if not seeds:
         print(f"{args.transfer_json}: no {args.a}-sK / {args.b}-sK pairs of labels", file=sys.stderr)

@@ -251,6 +251,48 @@ def plot_run_curves(records: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+POLICY_PANELS = {  # title: (key of the line, key of its +-band or None), ...
+    "gradient norm (log scale)": (("policy/grad_norm", None), ("policy/classifier_grad_norm", None)),
+    "advantage (mean +- spread)": (("policy/advantage_mean", "policy/advantage_std"),),
+    "mask mean (+- spread of the per-image means)": (("policy/mask_mean", "policy/mask_sample_std"),),
+    "drift from the initial distribution": (("policy/kl_from_initial", None), ("policy/moved_fraction", None)),
+}
+
+
+def plot_policy_panel(records: list[dict], path: Path) -> Path | None:
+    """The masking policy at work, per epoch of log.jsonl ``records``: the policy's gradient norm against the
+    classifier's, the advantage and the mask mean with their spreads, the KL from the initial Beta and the
+    share of cells moved. None when the run logged none of these (not a PGNM run)."""
+    panels = {t: lines for t, lines in POLICY_PANELS.items() if any(k in r for r in records for k, _ in lines)}
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.9), squeeze=False)
+    epochs = np.array([r.get("epoch", i) + 1 for i, r in enumerate(records)])
+
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
+
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for key, band in lines:
+            values = series(key)
+            (line,) = ax.plot(epochs, values, marker="o", ms=3, label=key.split("/")[-1].replace("_", " "))
+            if band:
+                spread = series(band)
+                ax.fill_between(epochs, values - spread, values + spread, color=line.get_color(), alpha=0.2)
+        if title.endswith("(log scale)") and np.nanmin([series(k) for k, _ in lines]) > 0:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
     """Heatmap of a confusion ``matrix`` (K, K) (rows: true class, columns: predicted), coloured by the
     row-normalised fraction so that rare classes stay visible; counts are written in the cells up to

@@ -17,7 +17,7 @@ from rlmask import __version__
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import FINAL_METRICS, SUMMARY_METRICS
 from rlmask.io import atomic_write_bytes, read_jsonl
-from rlmask.report.figures import plot_confusion_matrix, plot_run_curves
+from rlmask.report.figures import plot_confusion_matrix, plot_policy_panel, plot_run_curves
 
 METRICS = SUMMARY_METRICS
 LABELS = {
@@ -90,6 +90,7 @@ figure { margin:14px 0 4px; text-align:center; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:8px; background:#fff; }
 figcaption { color:var(--muted); font-size:13px; margin-top:6px; }
 .note { color:var(--muted); font-size:13.5px; }
+.warn { color:#8a4b00; background:#fff4e0; border-left:3px solid #d98c00; padding:4px 8px; font-size:13.5px; }
 footer { text-align:center; color:var(--muted); font-size:12px; padding:0 0 28px; }
 """
 
@@ -265,11 +266,12 @@ def _run_section(folder: Path, scratch: Path) -> str:
         parts.append('<h3>Final metrics</h3><p class="note">No metrics.json yet: the run has not finished.</p>')
     if agent_pairs:
         parts.append(f"<h3>Masking agent ({_e(agent.get('method', '?'))})</h3>{_key_values(agent_pairs)}")
-    parts.append("</div></div>" + _commands(folder))
+    parts.append("</div></div>" + _finetune_warning(folder, config, metrics) + _commands(folder))
     scratch.mkdir(parents=True, exist_ok=True)
     if records:
         png = plot_run_curves(records, scratch / "curves.png").read_bytes()
         parts.append("<h3>Training curves</h3>" + _figure(png, f"training curves over {len(records)} epoch(s)"))
+        parts.append(_policy_section(folder, records, scratch))
     split = next((s for s in ("test", "val") if metrics and metrics.get(s)), None)
     if split and metrics[split].get("confusion_matrix"):
         result = metrics[split]
@@ -288,6 +290,55 @@ def _run_section(folder: Path, scratch: Path) -> str:
             f"<h3>Per class ({split} split)</h3>"
             + _table(["class", "precision", "recall", "F1", "AUROC", "support"], rows)
         )
+    return "".join(parts)
+
+
+def _finetune_warning(folder: Path, config: dict, metrics: dict | None) -> str:
+    """A fine-tuning run that scores below the heated model it started from says so."""
+    init = config.get("init")
+    if not init or not metrics or config.get("method") not in (None, "plain", "finetune"):
+        return ""
+    init = Path(init)
+    # As recorded (relative to where the run was started), else beside this run (compare's pretrain/finetune)
+    candidates = [init.parent / "metrics.json", folder.parent / init.parent.name / "metrics.json"]
+    heated = next((_read_json(p) for p in candidates if p.is_file()), None)
+    split = next((s for s in ("test", "val") if metrics.get(s) and (heated or {}).get(s)), None)
+    if split is None:
+        return ""
+    before, after = heated[split].get("macro_f1"), metrics[split].get("macro_f1")
+    if before is None or after is None or after >= before:
+        return ""
+    return (
+        f'<p class="warn">Fine-tuning lowered the score: {split} macro-F1 {_num(after)} after fine-tuning, '
+        f"{_num(before)} for the heated model it started from ({_e(init.name)}).</p>"
+    )
+
+
+def _policy_section(folder: Path, records: list[dict], scratch: Path) -> str:
+    """The masking policy's diagnostics (PGNM): the per-epoch panel and policy_summary.json."""
+    png = plot_policy_panel(records, scratch / "policy.png")
+    summary = _read_json(folder / "policy_summary.json") or {}
+    if png is None and not summary:
+        return ""
+    parts = ["<h3>Policy</h3>"]
+    if png is not None:
+        parts.append(
+            _figure(
+                png.read_bytes(),
+                "policy diagnostics per epoch: gradient norms, advantage, mask mean, drift from the initial Beta",
+            )
+        )
+    if "val_moved_fraction" in summary:
+        verdict = "barely moved" if summary.get("barely_moved") else "moved"
+        parts.append(
+            f'<p class="{"warn" if summary.get("barely_moved") else "note"}">Policy {verdict}: on the validation '
+            f"split, {_num(summary['val_moved_fraction'])} of the cells' Beta means are more than 0.1 from the "
+            f"untrained policy's (same bases; mean KL {_num(summary.get('val_kl_from_untrained'))}).</p>"
+        )
+    means, spreads = summary.get("val_mask_mean_per_class") or {}, summary.get("val_mask_std_per_class") or {}
+    if means:
+        rows = [[_e(c), _num(means[c]), _num(spreads.get(c))] for c in means]
+        parts.append(_table(["class", "mean keep", "spread (std over images)"], rows))
     return "".join(parts)
 
 

@@ -61,7 +61,8 @@ def test_report_of_run_and_compare_is_self_contained(folders, tmp_path):
     compare_pngs = sorted(p.name for p in folders["compare"].glob("*.png"))
     assert compare_pngs == ["curves.png", "differences.png", "masks.png"]
     images = _images(page)
-    assert page.count(IMG) == len(images) == 2 + len(compare_pngs)
+    # run: curves, the policy panel and the confusion matrix
+    assert page.count(IMG) == len(images) == 3 + len(compare_pngs)
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images)
     assert (folders["compare"] / "masks.png").read_bytes() in images
     assert "http://" not in page and "https://" not in page
@@ -75,7 +76,7 @@ def test_report_of_run_and_compare_is_self_contained(folders, tmp_path):
 
 def test_default_title_and_unknown_folder(folders, tmp_path):
     page = build_report([folders["run"]], tmp_path / "r.html").read_text()
-    assert "<title>rlmask report</title>" in page and page.count(IMG) == 2
+    assert "<title>rlmask report</title>" in page and page.count(IMG) == 3
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty: not an rlmask run, compare or transfer folder"):
         build_report([folders["run"], tmp_path / "empty"], tmp_path / "bad.html")
@@ -85,6 +86,30 @@ def test_default_title_and_unknown_folder(folders, tmp_path):
     with pytest.raises(UserError, match=r"comparison.json: not valid JSON"):
         build_report([tmp_path / "empty"], tmp_path / "bad.html")
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_policy_panel_and_summary_of_a_pgnm_run(folders, tmp_path):
+    page = build_report([folders["run"]], tmp_path / "r.html").read_text()
+    summary = json.loads((folders["run"] / "policy_summary.json").read_text())
+    assert "<h3>Policy</h3>" in page and "untrained policy" in page
+    assert all(f"<td>{c}</td>" in page for c in summary["val_mask_mean_per_class"])
+
+
+def test_a_finetuned_run_below_its_heated_model_is_flagged(tmp_path):
+    def run(folder: Path, macro_f1: float, **config) -> None:
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model": "resnet10t", "epochs": 1, **config}))
+        (folder / "log.jsonl").write_text(json.dumps({"epoch": 0, "lr": 0.1}) + "\n")
+        (folder / "metrics.json").write_text(json.dumps({"test": {"macro_f1": macro_f1, "accuracy": 0.5}}))
+
+    run(tmp_path / "m" / "pretrain", 0.70, method="pgnm")
+    init = str(tmp_path / "m" / "pretrain" / "heated.pt")
+    run(tmp_path / "m" / "finetune", 0.60, method="finetune", init=init)
+    run(tmp_path / "n" / "finetune", 0.75, method="finetune", init=init)
+    page = build_report([tmp_path / "m" / "finetune"], tmp_path / "lower.html").read_text()
+    assert "Fine-tuning lowered the score: test macro-F1 0.6000 after fine-tuning, 0.7000" in page
+    page = build_report([tmp_path / "n" / "finetune"], tmp_path / "higher.html").read_text()
+    assert "Fine-tuning lowered" not in page
 
 
 def _stat(values: list[float]) -> dict:
