@@ -35,6 +35,10 @@ run() {  # run PART-NAME ARGS...: one comparison, then its tables and figure int
 }
 
 if [[ $PART == short || $PART == all ]]; then  # 4 + 1 epochs: every method
+  # In two passes over the same folder (the second reuses the first's sub-runs): compare goes seed by seed,
+  # so the first pass gets PGNM before and after issue 17 and random-mask on every seed early.
+  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" --methods \
+    plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask
   run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" "${HALF[@]}" --methods \
     plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask,pgnm-reference,gaussian-noise,pgnm-half=pgnm-reinforce,apga,context-dqn,context-random
 fi
