@@ -107,10 +107,21 @@ def toy_batch(g: torch.Generator, n: int, where: torch.Tensor) -> tuple[torch.Te
     return torch.where(where, x + 0.3 * (2 * y.float() - 1).view(-1, 1, 1, 1), x), y
 
 
-def train_toy(where: torch.Tensor, steps: int = 900, seed: int = 0):
+def train_toy(where: torch.Tensor, steps: int = 2000, seed: int = 0):
     """APGA (Bernoulli policy, 2x2-pixel cells) beside a tiny CNN; returns (rewards per step, IoU of the
     removed mask p > 0.5 with the region, averaged over 64 fresh images)."""
     task = build_task("classify")
+    # One thread, whatever the caller set: the run's outcome depends on the order of float sums (with 2
+    # threads, seed 0 at 1500 steps reached IoU 0.49 with the region moved, 0.73 with one).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_toy(task, where, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_toy(task, where: torch.Tensor, steps: int, seed: int):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 64, 2))
     options = {
@@ -145,7 +156,6 @@ def train_toy(where: torch.Tensor, steps: int = 900, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def top_left():
-    torch.set_num_threads(1)  # the CPU is shared; one thread keeps each toy run < 60 s and deterministic
     return train_toy(region(2, 2))
 
 
@@ -158,9 +168,9 @@ def test_toy_agent_masks_the_region_the_label_depends_on_and_its_reward_rises(to
 
 def test_toy_masks_move_with_the_region(top_left):
     rewards, iou, removed = train_toy(region(8, 8))
-    # Measured at 900 steps: IoU 0.41 here, below the 0.5 reached top-left (0.56-0.62), so the bound is lower:
-    # the masks have moved (the old region is left alone, below) but cover the new one less tightly.
-    assert iou > 0.35, iou
+    # Measured (one thread): at 900 steps IoU 0.41 here against 0.62 top-left; the moved region is found later,
+    # then covered as tightly: 0.73 and 0.89 at 1500 steps; seeds 1 and 2 reach 0.67 and 0.97 at 1500.
+    assert iou > 0.5, iou
     assert sum(rewards[-100:]) / 100 > sum(rewards[:100]) / 100 + 0.5
     old = region(2, 2)
     overlap_old = ((removed & old).flatten(1).sum(1) / old.sum()).mean().item()
