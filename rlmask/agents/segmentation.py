@@ -509,9 +509,10 @@ class GradCAMMaskAgent(_TwoStepBaseline):
         self.cfg = cfg
         if not cfg.gradcam_from:
             raise UserError("--gradcam-from: required (the plain model's checkpoint, e.g. DIR/last.pt)")
-        from rlmask.models.weights import load_classifier
+        from rlmask.models.weights import head_classes, load_classifier
 
         plain, meta = load_classifier(cfg.gradcam_from, option="--gradcam-from")
+        head_classes(plain, cfg.gradcam_from, "--gradcam-from")  # Grad-CAM needs class scores
         if meta.get("channels") not in (None, in_chans):
             raise UserError(
                 f"--gradcam-from {cfg.gradcam_from}: a {meta['channels']}-channel model, the data has {in_chans}"

@@ -18,7 +18,7 @@ from rlmask.data.options import DATA_OPTION_NAMES, DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import classification_metrics
 from rlmask.io import atomic_write_bytes
-from rlmask.models.weights import load_classifier
+from rlmask.models.weights import head_classes, load_classifier
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def evaluate_split(model: nn.Module, split: Split, classes: list[str], transform
 
 def _checkpoint_fits(model: nn.Module, meta: dict, classes: list[str], path, data_specs) -> None:
     """A one-line error when a checkpoint's classes do not match the data it is evaluated on."""
-    head = getattr(model, "num_classes", None) or model.get_classifier().out_features
+    head = head_classes(model, path)
     if meta.get("classes") is not None and list(meta["classes"]) != list(classes):
         raise UserError(
             f"checkpoint {path} does not fit --data {' '.join(data_specs)}: it was trained on "
@@ -186,7 +186,7 @@ def predict_files(
     size = image_size or meta.get("image_size")
     if size is None:
         raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")
-    num_classes = model.get_classifier().out_features
+    num_classes = head_classes(model, path)
     classes = meta.get("classes") or [str(i) for i in range(num_classes)]
     dev = runtime.pick_device(device)
     amp = runtime.resolve_amp(amp, dev)

@@ -110,6 +110,17 @@ def init_architecture(path: str | Path, trust: bool = False) -> dict:
     return {"model": meta.get("model"), "small_stem": meta.get("small_stem")}
 
 
+def head_classes(model: nn.Module, path, option: str = "checkpoint") -> int:
+    """The class count of ``model``'s classifier head; a one-line error for a backbone without one."""
+    head = getattr(model, "num_classes", None) or getattr(model.get_classifier(), "out_features", 0)
+    if not head:
+        raise UserError(
+            f"{option} {path}: a backbone without a classifier head (e.g. the encoder a self-supervised run "
+            "exports); fine-tune it first (rlmask finetune --init) or probe it (rlmask transfer)"
+        )
+    return head
+
+
 def load_classifier(
     path: str | Path, model_name: str | None = None, option: str = "checkpoint", trust: bool = False
 ) -> tuple[nn.Module, dict]:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from rlmask.cli import build_parser, main
+from rlmask.models import create_model
 
 FAST = [
     "--data",
@@ -50,6 +51,9 @@ def files(tmp_path_factory):
     (root / "afile").write_text("")
     (root / "x.npz").mkdir()
     torch.save({"kind": "rlmask"}, root / "kind-only.pt")
+    (root / "encoder").mkdir()  # what a self-supervised run exports: a backbone without a head
+    torch.save(create_model("context_encoder", 0, in_chans=1).state_dict(), root / "encoder" / "heated.pt")
+    (root / "encoder" / "config.json").write_text('{"model": "context_encoder", "image_size": 16}')
     (root / "note.txt").write_text("not an image")
     for split in ("train", "val"):
         (root / "bomb" / split / "a").mkdir(parents=True)
@@ -91,6 +95,14 @@ BAD = {
     "variant of an unknown method": (["compare", "--methods", "mine=nope"], "--methods nope"),
     "option of a method not compared": (["compare", "--methods", "plain", "--method-option", "pgnm:grid=4"], "pgnm"),
     "unknown model": (["train", "--model", "resnet99"], "--model resnet99"),
+    "evaluate a backbone without a head": (
+        ["evaluate", "{r}/encoder/heated.pt", "--data", "synthetic"],
+        "without a classifier head",
+    ),
+    "predict with a backbone without a head": (
+        ["predict", "{r}/encoder/heated.pt", "{r}/note.txt", "--out", "{r}/p.csv"],
+        "without a classifier head",
+    ),
     "--out is a file": (["train", *FAST, "--out", "{r}/afile"], "--out"),
     "a folder named .npz": (["data", "info", "{r}/x.npz"], "is a folder"),
     "a checkpoint that is kind: rlmask only": (["evaluate", "{r}/kind-only.pt", "--data", "synthetic"], "kind-only.pt"),
