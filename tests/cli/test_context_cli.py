@@ -5,11 +5,7 @@ buffer on; ``bench`` times it against a plain step of the same encoder."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import torch
 
@@ -135,7 +131,7 @@ def test_pretrain_context_exports_an_encoder_that_transfer_and_finetune_read(tmp
     )
 
 
-def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(tmp_path):
+def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(sigkill_resume):
     def cmd(out, *extra):
         return [
             sys.executable,
@@ -163,35 +159,7 @@ def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(tmp_path):
             *extra,
         ]
 
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    uninterrupted = subprocess.Popen(cmd(whole), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at, deadline = None, time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "last.pt").exists():
-            try:
-                ckpt = torch.load(cut / "last.pt", weights_only=False)
-            except Exception:  # noqa: BLE001 - replaced atomically, but a read may race the rename
-                continue
-            if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:  # mid-epoch, after a full epoch and a validation
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (ckpt["epoch"], ckpt["batch"])
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    subprocess.run(cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
-    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
-    assert json.loads((whole / "metrics.json").read_text()) == json.loads((cut / "metrics.json").read_text())
-
-    def records(folder):
-        return [
-            {k: v for k, v in json.loads(line).items() if k != "train_seconds"}
-            for line in (folder / "log.jsonl").read_text().splitlines()
-        ]
-
-    assert records(whole) == records(cut)
+    whole, cut = sigkill_resume(cmd)
     a, b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
     assert int(a["replay_count"]) == int(b["replay_count"]) > 40  # the ring has wrapped
     for key in ("replay_x", "replay_action", "replay_reward", "q_network.head.weight", "target_network.head.weight"):

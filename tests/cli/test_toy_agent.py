@@ -8,11 +8,7 @@ registered, which is how the SIGKILL test starts it in a separate process.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +96,7 @@ def test_toy_agent_trains_with_its_own_flag_and_logs(tmp_path, capsys):
     )
 
 
-def test_toy_agent_resumes_exactly_after_sigkill(tmp_path):
+def test_toy_agent_resumes_exactly_after_sigkill(sigkill_resume):
     def cmd(out, *extra):
         return [
             sys.executable,
@@ -118,36 +114,7 @@ def test_toy_agent_resumes_exactly_after_sigkill(tmp_path):
             *extra,
         ]
 
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    uninterrupted = subprocess.Popen(cmd(whole), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at, deadline = None, time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "last.pt").exists():
-            try:
-                ckpt = torch.load(cut / "last.pt", weights_only=False)
-            except Exception:  # noqa: BLE001 - replaced atomically, but a read may race the rename
-                continue
-            if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:  # mid-epoch, after a full epoch
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (ckpt["epoch"], ckpt["batch"])
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    assert not (cut / "metrics.json").exists()
-    subprocess.run(cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
-    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
-    assert json.loads((whole / "metrics.json").read_text()) == json.loads((cut / "metrics.json").read_text())
-
-    def records(folder):
-        return [
-            {k: v for k, v in json.loads(line).items() if k != "train_seconds"}
-            for line in (folder / "log.jsonl").read_text().splitlines()
-        ]
-
-    assert records(whole) == records(cut)
+    whole, cut = sigkill_resume(cmd)
     a, b = torch.load(whole / "policy.pt")["agent"], torch.load(cut / "policy.pt")["agent"]
     assert torch.equal(a["logit"], b["logit"]) and int(a["steps"]) == int(b["steps"]) == 2 * 18  # 2 epochs, 18 batches
 

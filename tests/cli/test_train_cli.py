@@ -2,11 +2,7 @@
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -136,7 +132,7 @@ def test_data_info_json(capsys):
     ],
     ids=["train", "pretrain-pgnm", "pretrain-apga", "pretrain-apga-bernoulli"],
 )
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(sigkill_resume, command):
     def cmd(out, *extra):
         return [
             sys.executable,
@@ -155,39 +151,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
             *extra,
         ]
 
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole"  # runs beside the interrupted one: one thread each
-    uninterrupted = subprocess.Popen(cmd(whole), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "last.pt").exists():
-            try:
-                ckpt = torch.load(cut / "last.pt", weights_only=False)
-            except Exception:  # noqa: BLE001 - the file is replaced atomically, but be safe
-                continue
-            if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:  # mid-epoch, after a full epoch
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (ckpt["epoch"], ckpt["batch"])
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    assert not (cut / "metrics.json").exists()
-    subprocess.run(cmd(cut, "--resume", str(cut / "last.pt")), check=True, env=env, capture_output=True)
-    assert uninterrupted.wait() == 0
-    a = json.loads((whole / "metrics.json").read_text())
-    b = json.loads((cut / "metrics.json").read_text())
-    assert a == b
-    log = [json.loads(line) for line in (cut / "log.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in log] == [0, 1]
-    whole_log = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
-    drop = ("train_seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in log] == [
-        {k: v for k, v in r.items() if k not in drop} for r in whole_log
-    ]
+    whole, cut = sigkill_resume(cmd)
     if command[0] == "pretrain":
         assert (cut / "heated.pt").read_bytes() != b"" and torch.equal(
             torch.load(cut / "heated.pt")["fc.weight"], torch.load(whole / "heated.pt")["fc.weight"]
@@ -197,7 +161,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, command):
         tensors = [k for k, v in agent_a.items() if isinstance(v, torch.Tensor)]
         assert tensors and all(torch.equal(agent_a[k], agent_b[k]) for k in tensors)
     if command[2:3] and command[2].startswith("apga"):
-        assert "test_tta" in a and "val_tta" in a  # the test-time-augmentation view is scored at the end
+        metrics = json.loads((cut / "metrics.json").read_text())
+        assert "test_tta" in metrics and "val_tta" in metrics  # the test-time-augmentation view is scored at the end
 
 
 def test_pack_an_image_folder_and_train_from_the_pack(tmp_path, capsys):
