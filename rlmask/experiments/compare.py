@@ -23,7 +23,7 @@ import torch
 
 from rlmask.agents import AGENTS, get_agent
 from rlmask.config import coerce_all, option
-from rlmask.data import Augment, build_pool
+from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, build_pool
 from rlmask.data.options import DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
@@ -33,6 +33,7 @@ from rlmask.io import atomic_write_bytes, load_checkpoint, read_json, read_jsonl
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.train.loop import TrainConfig, fit
 from rlmask.train.methods import FINETUNE_WARMUP, FinetuneConfig, PretrainConfig, finetune, pretrain
+from rlmask.train.tasks import build_task
 
 METRICS = SUMMARY_METRICS
 DEFAULT_METHODS = ["plain", *(name for name, spec in AGENTS.items() if spec.in_default_comparison)]
@@ -640,12 +641,16 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     val = pool.splits["val"]
     index = torch.linspace(0, len(val) - 1, n).long()
     x_u8 = val.load(index)  # (n, C, S, S)
-    x = Augment(pool.image_size, train=False)(x_u8, None)
     rows, extra = {}, {}
     for method in methods:
-        agent = get_agent(cfg.agent_of(method)).build(
-            pool.image_size, pool.channels, seed=0, options=_method_values(cfg, method, 0, out)
-        )
+        spec = get_agent(cfg.agent_of(method))
+        values = _method_values(cfg, method, 0, out)
+        agent = spec.build(pool.image_size, pool.channels, seed=0, options=values)
+        # the images as the agent saw them in training: its task may scale them otherwise (context's reference [-1, 1])
+        options = spec.make_options(values)
+        task = build_task(spec.task, **(spec.cls.task_options(options) if options is not None else {}))
+        mean, std = getattr(task, "normalisation", (DEFAULT_MEAN, DEFAULT_STD))
+        x = Augment(pool.image_size, train=False, mean=mean, std=std)(x_u8, None)
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])

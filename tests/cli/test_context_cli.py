@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from rlmask.agents import AGENTS
 from rlmask.cli import main
 
 TINY = [
@@ -169,15 +170,23 @@ def test_pretrain_context_resumes_exactly_after_sigkill_with_replay(sigkill_resu
     )
 
 
-def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_path, capsys):
+def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cmp"
     small = [a if a != "synthetic:n=24,size=16" else "synthetic:n=12,size=16" for a in TINY]
+    seen = []  # the range of the images each agent gets in the mask gallery
+    sample_masks = AGENTS["context"].cls.sample_masks
+    monkeypatch.setattr(
+        AGENTS["context"].cls,
+        "sample_masks",
+        lambda self, x, g: seen.append((self.cfg.scaling, x.min().item(), x.max().item())) or sample_masks(self, x, g),
+    )
     code = main(
         [
             "compare",
             "--methods",
             "plain",
             "context-dqn",
+            "ref=context-dqn",
             *small,
             "--epochs",
             "1",
@@ -189,6 +198,12 @@ def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_pa
             "context-dqn:grid=4",
             "--method-option",
             "context-dqn:q_channels=8,8",
+            "--method-option",
+            "ref:grid=4",
+            "--method-option",
+            "ref:q_channels=8,8",
+            "--method-option",
+            "ref:scaling=reference",
             "--out",
             str(out),
         ]
@@ -200,6 +215,11 @@ def test_compare_fine_tunes_context_methods_and_skips_their_heated_scores(tmp_pa
         assert not any(k.startswith("heated_") for k in result["methods"][method])
     md = (out / "comparison.md").read_text()
     assert "| context-dqn |" in md and "context-dqn gallery" in md and (out / "masks.png").is_file()
+    # Each agent sees the gallery's images scaled as in its training: [-1, 1] under the reference scaling,
+    # rlmask's normalisation (black at -0.98, white at +2.1: beyond 1 here) otherwise.
+    by_scaling = {scaling: (low, high) for scaling, low, high in seen}
+    assert by_scaling["reference"][0] >= -1 and by_scaling["reference"][1] <= 1
+    assert by_scaling["rlmask"][1] > 1
 
 
 def test_bench_times_context_against_a_plain_step_of_the_same_encoder(capsys):
