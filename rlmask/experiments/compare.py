@@ -13,7 +13,10 @@ resumes an interrupted one from its last.pt.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import fcntl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,11 +194,39 @@ REUSE_KEYS = (
 )
 
 
+class _Busy(Exception):
+    """A sub-run that another ``compare`` process is running now."""
+
+
+# False in the first pass over the sub-runs: one that another process holds is left for later (_Busy)
+_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_for_busy_sub_runs", default=True)
+
+
+@contextlib.contextmanager
+def _claim(folder: Path):
+    """Hold ``folder`` for this process: an exclusive lock on ``.NAME.lock`` beside it, released on exit or
+    when the process dies, so that several ``compare`` processes on one --out share the sub-runs. Waits for
+    another holder, or raises _Busy in the first pass."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if _WAIT.get() else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise _Busy(folder) from None
+        yield
+
+
 def _run_once(run, run_cfg) -> dict:
     """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present.
 
-    A folder written with other options is an error, never silently reused.
+    A folder written with other options is an error, never silently reused. The folder is held (``_claim``)
+    meanwhile, so another process of the same comparison never runs it at the same time.
     """
+    with _claim(Path(run_cfg.out)):
+        return _run_unclaimed(run, run_cfg)
+
+
+def _run_unclaimed(run, run_cfg) -> dict:
     out = Path(run_cfg.out)
     if (out / "config.json").is_file():
         old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
@@ -244,6 +275,55 @@ def _tta_scores(metrics: dict) -> dict:
 # --- end of APGA additions ------------------------------------------------------------------------------------
 
 
+def _method_runs(cfg: CompareConfig, out: Path, seed: int, method: str) -> list[tuple[str, dict, list[dict]]]:
+    """The sub-runs of ``method`` for ``seed`` (each trained unless done): [(table label, scores, log records)]."""
+    total = cfg.epochs + cfg.finetune_epochs
+    if method == "plain":
+        found = []
+        for label, epochs in ((f"plain ({total} ep)", total), (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs)):
+            folder = out / ("plain" if epochs == total else "plain-short") / f"seed{seed}"
+            run_cfg = TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=epochs)
+            metrics = _run_once(fit, run_cfg)
+            found.append((label, {"seed": seed, **_scores(metrics)}, read_jsonl(folder / "log.jsonl")))
+            if total == cfg.epochs:
+                break
+        return found
+    pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
+    values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
+    pre_cfg = PretrainConfig(
+        **_train_fields(cfg),
+        seed=seed,
+        out=str(pre_dir),
+        epochs=cfg.epochs,
+        method=cfg.agent_of(method),
+        agent=_agent_options(method, cfg, values),
+    )
+    pre_metrics = _run_once(pretrain, pre_cfg)
+    row = {"seed": seed}
+    if get_agent(cfg.agent_of(method)).task == "classify":  # a reconstruct task's heated model has no class scores
+        row |= {f"heated_{k}": v for k, v in _scores(pre_metrics).items()}
+        row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
+    curve = read_jsonl(pre_dir / "log.jsonl")
+    if cfg.finetune_epochs:
+        fine_metrics = _run_once(
+            finetune,
+            FinetuneConfig(
+                **_train_fields(cfg, skip=FINETUNE_OWN),
+                seed=seed,
+                out=str(fine_dir),
+                epochs=cfg.finetune_epochs,
+                lr=cfg.finetune_lr,
+                warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
+                init=str(pre_dir / "heated.pt"),
+            ),
+        )
+        row |= _scores(fine_metrics)
+        curve += read_jsonl(fine_dir / "log.jsonl")
+    else:
+        row |= _scores(pre_metrics)
+    return [(method, row, curve)]
+
+
 def run_comparison(cfg: CompareConfig) -> dict:
     """Run every method for every seed; write comparison.json, comparison.md and the figures."""
     cfg.validate()
@@ -255,60 +335,29 @@ def run_comparison(cfg: CompareConfig) -> dict:
     out = Path(cfg.out)
     start = time.perf_counter()
     total = cfg.epochs + cfg.finetune_epochs
+    # Seed by seed, method by method; a sub-run another process of this comparison holds is left for a second
+    # pass, which waits for it (then finds it finished), so that processes sharing --out split the work.
+    done: dict[tuple[int, str], list[tuple[str, dict, list[dict]]]] = {}
+    later = []
+    token = _WAIT.set(False)
+    try:
+        for seed in range(cfg.seeds):
+            for method in cfg.methods:
+                try:
+                    done[seed, method] = _method_runs(cfg, out, seed, method)
+                except _Busy:
+                    later.append((seed, method))
+    finally:
+        _WAIT.reset(token)
+    for seed, method in later:
+        done[seed, method] = _method_runs(cfg, out, seed, method)
     rows: dict[str, list[dict]] = {}
     curves: dict[str, list[list[dict]]] = {}
     for seed in range(cfg.seeds):
         for method in cfg.methods:
-            if method == "plain":
-                for label, epochs in (
-                    (f"plain ({total} ep)", total),
-                    (f"plain ({cfg.epochs} ep, reference view)", cfg.epochs),
-                ):
-                    folder = out / ("plain" if epochs == total else "plain-short") / f"seed{seed}"
-                    run_cfg = TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=epochs)
-                    metrics = _run_once(fit, run_cfg)
-                    rows.setdefault(label, []).append({"seed": seed, **_scores(metrics)})
-                    curves.setdefault(label, []).append(read_jsonl(folder / "log.jsonl"))
-                    if total == cfg.epochs:
-                        break
-                continue
-            pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
-            values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
-            pre_cfg = PretrainConfig(
-                **_train_fields(cfg),
-                seed=seed,
-                out=str(pre_dir),
-                epochs=cfg.epochs,
-                method=cfg.agent_of(method),
-                agent=_agent_options(method, cfg, values),
-            )
-            pre_metrics = _run_once(pretrain, pre_cfg)
-            row = {"seed": seed}
-            if (
-                get_agent(cfg.agent_of(method)).task == "classify"
-            ):  # a reconstruct task's heated model has no class scores
-                row |= {f"heated_{k}": v for k, v in _scores(pre_metrics).items()}
-                row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
-            curve = read_jsonl(pre_dir / "log.jsonl")
-            if cfg.finetune_epochs:
-                fine_metrics = _run_once(
-                    finetune,
-                    FinetuneConfig(
-                        **_train_fields(cfg, skip=FINETUNE_OWN),
-                        seed=seed,
-                        out=str(fine_dir),
-                        epochs=cfg.finetune_epochs,
-                        lr=cfg.finetune_lr,
-                        warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
-                        init=str(pre_dir / "heated.pt"),
-                    ),
-                )
-                row |= _scores(fine_metrics)
-                curve += read_jsonl(fine_dir / "log.jsonl")
-            else:
-                row |= _scores(pre_metrics)
-            rows.setdefault(method, []).append(row)
-            curves.setdefault(method, []).append(curve)
+            for label, row, curve in done[seed, method]:
+                rows.setdefault(label, []).append(row)
+                curves.setdefault(label, []).append(curve)
 
     summary = {
         name: {
@@ -427,6 +476,32 @@ def _task_name(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
+def _transfer_once(cfg: CompareConfig, out: Path, folder: Path, task: str, mode: str, seed: int, methods) -> dict:
+    """One seed's transfer of plain and every method to ``task`` (run unless its transfer.json exists)."""
+    if (folder / "transfer.json").is_file():
+        return read_json(folder / "transfer.json", "--out: transfer run")
+    names = ["plain", *methods]
+    paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]
+    return run_transfer(
+        TransferConfig(
+            checkpoints=paths,
+            label=names,
+            data=[task],
+            shots=cfg.shots,
+            repeats=cfg.transfer_repeats,
+            mode=mode,
+            seed=seed,
+            out=str(folder),
+            device=cfg.device,
+            amp=cfg.amp,
+            cache_dir=cfg.cache_dir,
+            progress=cfg.progress,
+            eval_per_class=cfg.eval_per_class,
+            trust_checkpoint=cfg.trust_checkpoint,
+        )
+    )
+
+
 def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
     """Every method's final backbone and plain's, transferred to each unseen task on identical subsets.
 
@@ -442,29 +517,8 @@ def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:
             per_seed = []
             for seed in range(cfg.seeds):
                 folder = out / "transfer" / f"{_task_name(task)}-{mode}" / f"seed{seed}"
-                if (folder / "transfer.json").is_file():
-                    done = read_json(folder / "transfer.json", "--out: transfer run")
-                else:
-                    names = ["plain", *methods]
-                    paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]
-                    done = run_transfer(
-                        TransferConfig(
-                            checkpoints=paths,
-                            label=names,
-                            data=[task],
-                            shots=cfg.shots,
-                            repeats=cfg.transfer_repeats,
-                            mode=mode,
-                            seed=seed,
-                            out=str(folder),
-                            device=cfg.device,
-                            amp=cfg.amp,
-                            cache_dir=cfg.cache_dir,
-                            progress=cfg.progress,
-                            eval_per_class=cfg.eval_per_class,
-                            trust_checkpoint=cfg.trust_checkpoint,
-                        )
-                    )
+                with _claim(folder):  # another process of the comparison may be running it: wait for it
+                    done = _transfer_once(cfg, out, folder, task, mode, seed, methods)
                 per_seed.append(done["results"])
             shots = list(per_seed[0]["plain"])
             table = {}

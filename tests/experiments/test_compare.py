@@ -1,6 +1,7 @@
 """``rlmask compare`` answers "does the method beat plain training?" with paired statistics."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -154,3 +155,77 @@ def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
     assert coarse["method"] == default["method"] == "random-mask"
     assert coarse["agent"]["grid"] == 4 and default["agent"]["grid"] is None
     assert "| coarse |" in (out / "comparison.md").read_text()
+
+
+def test_two_processes_share_one_comparison(tmp_path):
+    """Two ``compare`` processes started together on one --out end with the comparison a single process
+    writes, and no sub-run's log holds an epoch twice (which of them runs what: the test below)."""
+    import os
+    import subprocess
+    import sys
+
+    def cmd(out):
+        return [
+            sys.executable,
+            "-m",
+            "rlmask",
+            "compare",
+            *TINY,
+            "--methods",
+            "plain,random-mask,gaussian-noise",
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--seeds",
+            "2",
+            "--bootstrap-resamples",
+            "200",
+            "--out",
+            str(out),
+        ]
+
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    procs = [
+        subprocess.Popen(cmd(shared), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
+    serial = subprocess.run(cmd(alone), env=env, capture_output=True, text=True)
+    assert serial.returncode == 0, serial.stderr
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    a = json.loads((shared / "comparison.json").read_text())
+    b = json.loads((alone / "comparison.json").read_text())
+    assert a["methods"] == b["methods"] and a["paired"] == b["paired"]
+    for log in shared.rglob("log.jsonl"):  # one record per epoch
+        epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+        assert epochs == sorted(set(epochs)), log
+
+
+def test_a_sub_run_held_by_another_process_is_left_for_last_then_waited_for(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from rlmask.experiments import compare
+
+    out = tmp_path / "cmp"
+    (out / "plain").mkdir(parents=True)
+    held = open(out / "plain" / ".seed0.lock", "a")  # as another compare process running plain, seed 0
+    fcntl.flock(held, fcntl.LOCK_EX)
+    trained, calls = [], []
+    real_fit, real_pretrain, real_runs = compare.fit, compare.pretrain, compare._method_runs
+    monkeypatch.setattr(compare, "fit", lambda cfg: trained.append(cfg.out) or real_fit(cfg))
+    monkeypatch.setattr(compare, "pretrain", lambda cfg: trained.append(cfg.out) or real_pretrain(cfg))
+
+    def method_runs(cfg, out_, seed, method):
+        calls.append((seed, method))
+        if calls.count((0, "plain")) == 2:  # the second pass: "the other process" finishes and lets go
+            held.close()
+        return real_runs(cfg, out_, seed, method)
+
+    monkeypatch.setattr(compare, "_method_runs", method_runs)
+    args = ["compare", *TINY, "--methods", "plain,random-mask", "--epochs", "1", "--finetune-epochs", "0"]
+    assert main([*args, "--seeds", "2", "--bootstrap-resamples", "200", "--out", str(out)]) == 0, capsys.readouterr()
+    assert calls == [(0, "plain"), (0, "random-mask"), (1, "plain"), (1, "random-mask"), (0, "plain")]
+    names = [str(Path(p).relative_to(out)) for p in trained]
+    assert names[-1] == "plain/seed0" and names.count("plain/seed0") == 1 and len(names) == 4
+    assert set(json.loads((out / "comparison.json").read_text())["paired"]) == {"random-mask"}
