@@ -556,6 +556,16 @@ class NoiseMaskAgent(_SeededAgent):
         }
 
     @torch.no_grad()
+    def eval_distribution(self, x: torch.Tensor) -> Beta:
+        """The per-cell Beta the policy gives x (B, C, H, W) in eval mode: the bases are left as they are."""
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            return self.policy.distribution(*self.policy(x))
+        finally:
+            self.policy.train(was_training)
+
+    @torch.no_grad()
     def drift_from_untrained(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What learning changed in the policy's output for x (B, C, H, W), in eval mode.
 
@@ -571,12 +581,7 @@ class NoiseMaskAgent(_SeededAgent):
         learned_policy = getattr(self.policy, "_orig_mod", self.policy)  # the module itself when compiled
         for mine, now in zip(untrained.buffers(), learned_policy.buffers()):
             mine.copy_(now)  # the bases and batch-norm statistics as they are now; only the weights are initial
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            learned = self.policy.distribution(*self.policy(x))
-        finally:
-            self.policy.train(was_training)
+        learned = self.eval_distribution(x)
         start = untrained.distribution(*untrained(x))
         return {
             "moved": (learned.mean - start.mean).abs() > MOVED,
@@ -586,12 +591,7 @@ class NoiseMaskAgent(_SeededAgent):
     @torch.no_grad()
     def cell_means(self, x: torch.Tensor) -> torch.Tensor:
         """The expected keep per cell, (B, G*G), that the policy gives x in eval mode (bases untouched)."""
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            return self.policy.distribution(*self.policy(x)).mean
-        finally:
-            self.policy.train(was_training)
+        return self.eval_distribution(x).mean
 
     @torch.no_grad()
     def masked_eval_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -615,12 +615,7 @@ class NoiseMaskAgent(_SeededAgent):
         Drawn from ``generator`` (None: a CPU generator seeded with the agent's seed; the training
         stream is left alone).
         """
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            dist = self.policy.distribution(*self.policy(x))
-        finally:
-            self.policy.train(was_training)
+        dist = self.eval_distribution(x)
         cells = sample_cells(dist, generator or torch.Generator().manual_seed(self.seed)).to(x.device)
         return {"cells": cells, "mask": self.render(cells, x.shape[-2:])}
 
