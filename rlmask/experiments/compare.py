@@ -378,9 +378,12 @@ def run_comparison(cfg: CompareConfig) -> dict:
     }
     write_json(out / "comparison.json", result)
     figures = {}
-    if result["paired"]:
+    differences = difference_rows(result)
+    if differences:
         figures["differences"] = plot_differences(
-            result["paired"], out / "differences.png", "equal compute, 95% intervals (see comparison.md)"
+            differences,
+            out / "differences.png",
+            "method - plain: in-domain at equal compute, then per unseen task; 95% intervals",
         ).name
     figures["curves"] = plot_training_curves(curves, out / "curves.png", boundary=cfg.epochs).name
     gallery = _mask_gallery(cfg, out)
@@ -395,6 +398,17 @@ def run_comparison(cfg: CompareConfig) -> dict:
 
 
 PAIRED_METRICS = ("macro_f1", "balanced_accuracy", "auroc")  # the table leads with these differences
+
+
+def difference_rows(result: dict) -> dict[str, dict[str, dict]]:
+    """The rows of the differences figure, {label: {metric: {mean, low, high, verdict}}}: each method in-domain,
+    then each method on each unseen task, mode and shot count."""
+    rows = dict(result.get("paired") or {})
+    for key, entry in (result.get("transfer") or {}).items():
+        for method, by_shots in entry["methods"].items():
+            for n, stats in by_shots.items():
+                rows[f"{method}: {key}, {n}/class"] = stats
+    return rows
 
 
 def _final_folder(cfg: CompareConfig, out: Path, method: str, seed: int) -> Path:

@@ -70,8 +70,13 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     assert (out / "differences.png").is_file()
 
 
-def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, shared_data, capsys):
+def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, shared_data, capsys, monkeypatch):
+    from rlmask.experiments import compare
+
     out = tmp_path / "cmp"
+    drawn = {}  # the rows of the differences figure
+    plot = compare.plot_differences
+    monkeypatch.setattr(compare, "plot_differences", lambda rows, *a: drawn.update(rows) or plot(rows, *a))
     code = main(
         [
             "compare",
@@ -124,6 +129,10 @@ def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, s
     digests = [[r["subset_digest"] for r in run["results"][m]["4"]["repeats"]] for m in run["checkpoints"]]
     assert digests[0] == digests[1]
     assert "## Transfer to unseen tasks" in (out / "comparison.md").read_text()
+    # The report's first figure answers both questions: in-domain, then every unseen task and shot count.
+    assert list(drawn) == ["random-mask"] + [
+        f"random-mask: {key}, {n}/class" for key in result["transfer"] for n in ("4", "8")
+    ]
 
 
 def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
