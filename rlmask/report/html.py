@@ -412,7 +412,7 @@ def _compare_section(folder: Path, scratch: Path) -> str:
             "<h3>Method - plain (equal compute)</h3>"
             + _figure(
                 _png_file(folder / "differences.png"),
-                "difference to plain training of the same seed, 95% interval and verdict",
+                "difference to plain training, 95% interval and verdict: in-domain (paired by seed), then per unseen task and shot count (paired by seed and subset)",
             )
             + _paired_table(paired),
         )
