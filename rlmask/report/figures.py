@@ -43,10 +43,14 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
         epochs = np.arange(1, length + 1)
         for ax, key in zip(axes, ("val/macro_f1", "losses/ce")):
             values = np.array([[r.get(key, np.nan) for r in s[:length]] for s in seeds], dtype=float)
-            mean = np.nanmean(values, axis=0)
+            seen = ~np.isnan(values).all(0)  # epochs without the key (a self-supervised pretraining) stay blank
+            mean = np.full(length, np.nan)
+            mean[seen] = np.nanmean(values[:, seen], axis=0)
             (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=method)
             if len(seeds) > 1:
-                ax.fill_between(epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=line.get_color(), alpha=0.15)
+                low, high = np.full(length, np.nan), np.full(length, np.nan)
+                low[seen], high[seen] = np.nanmin(values[:, seen], 0), np.nanmax(values[:, seen], 0)
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
     for ax, title in zip(axes, ("validation macro-F1 (clean images)", "training cross-entropy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
