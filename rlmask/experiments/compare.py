@@ -722,6 +722,8 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])
+        elif agent.state_dict():  # a run kept without its checkpoints: an untrained agent's masks would mislead
+            continue
         agent.eval()
         sampled = agent.sample_masks(x, torch.Generator().manual_seed(0))
         if sampled is not None:
