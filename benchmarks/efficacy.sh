@@ -8,6 +8,12 @@
 # interrupted one, so the study can be stopped and continued across sessions. The parts share nothing and
 # may run side by side (one per core: OMP_NUM_THREADS=1). Each part's comparison.json, comparison.md and
 # differences.png are copied to benchmarks/results/efficacy/PART/ when it completes.
+#
+# On a fresh machine, resume from the finished runs kept in the repository (their small files, no
+# checkpoints; see benchmarks/keep_runs.py), with the default OUT:
+#   mkdir -p runs && cp -r benchmarks/results/efficacy/runs/. runs/efficacy/ && bash benchmarks/efficacy.sh
+# and keep what a session finished:
+#   python benchmarks/keep_runs.py runs/efficacy benchmarks/results/efficacy/runs --as runs/efficacy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}

@@ -3,7 +3,7 @@
     python benchmarks/keep_runs.py SRC DEST --as PATH
 
 Copies, for every finished sub-run below SRC (a folder with metrics.json), its config.json, metrics.json,
-log.jsonl, predictions.npz and policy_summary.json, and for every finished transfer its transfer.json and
+log.jsonl, policy_summary.json and predictions.npz (of the final models: compare pairs no heated model), and for every finished transfer its transfer.json and
 transfer.md, into the same place below DEST; the path SRC in the JSON files is rewritten to PATH (where the
 study's scripts put their output, e.g. runs/efficacy). `rlmask compare` skips a sub-run whose metrics.json
 exists and pairs it through its predictions, so `cp -r DEST/. PATH/` on a fresh machine, then the study's
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 if not (folder / name).is_file():
                     continue
+                if name == "predictions.npz" and folder.name == "pretrain":
+                    continue  # compare pairs the final (fine-tuned) models only
                 if name.endswith((".json", ".jsonl", ".md")):
                     text = (folder / name).read_text().replace(str(src), args.as_path.rstrip("/"))
                     (target / name).write_text(text)
