@@ -101,7 +101,7 @@ def _step_runner(
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     options = spec.make_options(cfg.agent if method == cfg.method else {})
-    task = build_task(spec.task, **(spec.cls.task_options(options) if options is not None else {}))
+    task = build_task(spec.task, **spec.task_options(options))
     model = task.build_model(cfg.model, 10, cfg.channels, default_small_stem(cfg.model, cfg.image_size))
     model.to(device, memory_format=memory_format)
     agent = spec.build(cfg.image_size, cfg.channels, seed=cfg.seed, options=cfg.agent if method == cfg.method else {})

@@ -572,8 +572,8 @@ class NoiseMaskAgent(_SeededAgent):
         The reference is the untrained policy (the seed's initial weights, rebuilt) run with the *current*
         buffers (bases, batch-norm statistics): a policy whose weights never learn gives exactly it, whereas
         the buffers alone drift even then (the bases toward the heads' mean output), so "moved since the
-        start" reports a policy that learned nothing as moving. Per (sample, cell), (B, G*G) each: ``moved`` (Beta means more than 0.1 apart)
-        and ``kl`` (KL of the learned Beta from the untrained one).
+        start" reports a policy that learned nothing as moving. Per (sample, cell), (B, G*G) each: ``moved``
+        (Beta means more than 0.1 apart) and ``kl`` (KL of the learned Beta from the untrained one).
         """
         if not self._untrained:
             self._untrained.append(self._new_policy().eval())

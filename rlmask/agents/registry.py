@@ -50,6 +50,10 @@ class AgentSpec:
             options.validate()
         return options
 
+    def task_options(self, options) -> dict:
+        """The keyword options of this agent's task taken from its resolved ``options`` (``make_options``)."""
+        return self.cls.task_options(options) if options is not None else {}
+
     def build(self, image_size: int, in_chans: int, seed: int = 0, options: dict | None = None) -> MaskAgent:
         """The agent for images of ``image_size`` px with ``in_chans`` channels."""
         opts = self.make_options(options)

@@ -133,9 +133,8 @@ class CompareConfig(TrainConfig):
                 raise UserError(f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method}")
             options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
         for method, values in options.items():
-            get_agent(self.agent_of(method), "--config").make_options(
-                values
-            )  # unknown or out-of-range options fail now
+            # unknown or out-of-range options fail now
+            get_agent(self.agent_of(method), "--config").make_options(values)
         # <<< a method pretraining without labels (reconstruct task) is scored after fine-tuning only
         unlabelled = [m for m in self.methods if get_agent(self.agent_of(m)).task != "classify"]
         if unlabelled and self.finetune_epochs == 0:
@@ -222,24 +221,20 @@ def _run_once(run, run_cfg) -> dict:
     A folder written with other options is an error, never silently reused. The folder is held (``_claim``)
     meanwhile, so another process of the same comparison never runs it at the same time.
     """
-    with _claim(Path(run_cfg.out)):
-        return _run_unclaimed(run, run_cfg)
-
-
-def _run_unclaimed(run, run_cfg) -> dict:
     out = Path(run_cfg.out)
-    if (out / "config.json").is_file():
-        old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
-        changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
-        if changed:
-            raise UserError(
-                f"--out: {out} holds a run with other options ({', '.join(changed)}); choose another --out or delete it"
-            )
-    if (out / "metrics.json").is_file():
-        return read_json(out / "metrics.json", "--out: sub-run")
-    if (out / "last.pt").is_file():
-        run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
-    return run(run_cfg)
+    with _claim(out):
+        if (out / "config.json").is_file():
+            old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
+            changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
+            if changed:
+                raise UserError(
+                    f"--out: {out} holds a run with other options ({', '.join(changed)}); choose another --out or delete it"
+                )
+        if (out / "metrics.json").is_file():
+            return read_json(out / "metrics.json", "--out: sub-run")
+        if (out / "last.pt").is_file():
+            run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
+        return run(run_cfg)
 
 
 def _scores(metrics: dict) -> dict:
@@ -715,8 +710,7 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
         values = _method_values(cfg, method, 0, out)
         agent = spec.build(pool.image_size, pool.channels, seed=0, options=values)
         # the images as the agent saw them in training: its task may scale them otherwise (context's reference [-1, 1])
-        options = spec.make_options(values)
-        task = build_task(spec.task, **(spec.cls.task_options(options) if options is not None else {}))
+        task = build_task(spec.task, **spec.task_options(spec.make_options(values)))
         mean, std = getattr(task, "normalisation", (DEFAULT_MEAN, DEFAULT_STD))
         x = Augment(pool.image_size, train=False, mean=mean, std=std)(x_u8, None)
         policy_file = out / method / "seed0" / "pretrain" / "policy.pt"

@@ -141,7 +141,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     extra = {"method": cfg.method, "task": spec.task}
     # The agent's options that configure its task (reconstruct's scaling and validation blocks): no TrainConfig field.
-    task_options = spec.cls.task_options(options) if options is not None else {}
+    task_options = spec.task_options(options)
     return fit(cfg, make_agent, task=spec.task, extra_config=extra, on_finish=export_heated, task_options=task_options)
 
 

@@ -166,51 +166,6 @@ def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
     assert "| coarse |" in (out / "comparison.md").read_text()
 
 
-def test_two_processes_share_one_comparison(tmp_path):
-    """Two ``compare`` processes started together on one --out end with the comparison a single process
-    writes, and no sub-run's log holds an epoch twice (which of them runs what: the test below)."""
-    import os
-    import subprocess
-    import sys
-
-    def cmd(out):
-        return [
-            sys.executable,
-            "-m",
-            "rlmask",
-            "compare",
-            *TINY,
-            "--methods",
-            "plain,random-mask,gaussian-noise",
-            "--epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--seeds",
-            "2",
-            "--bootstrap-resamples",
-            "200",
-            "--out",
-            str(out),
-        ]
-
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    shared, alone = tmp_path / "shared", tmp_path / "alone"
-    procs = [
-        subprocess.Popen(cmd(shared), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
-    ]
-    serial = subprocess.run(cmd(alone), env=env, capture_output=True, text=True)
-    assert serial.returncode == 0, serial.stderr
-    for p in procs:
-        assert p.wait() == 0, p.stderr.read()
-    a = json.loads((shared / "comparison.json").read_text())
-    b = json.loads((alone / "comparison.json").read_text())
-    assert a["methods"] == b["methods"] and a["paired"] == b["paired"]
-    for log in shared.rglob("log.jsonl"):  # one record per epoch
-        epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
-        assert epochs == sorted(set(epochs)), log
-
-
 def test_a_sub_run_held_by_another_process_is_left_for_last_then_waited_for(tmp_path, monkeypatch, capsys):
     import fcntl
 
