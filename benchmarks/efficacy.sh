@@ -41,12 +41,16 @@ run() {  # run PART-NAME ARGS...: one comparison, then its tables and figure int
 }
 
 if [[ $PART == short || $PART == all ]]; then  # 4 + 1 epochs: every method
-  # In two passes over the same folder (the second reuses the first's sub-runs): compare goes seed by seed,
-  # so the first pass gets PGNM before and after issue 17 and random-mask on every seed early.
-  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" --methods \
-    plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask
-  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" "${HALF[@]}" --methods \
-    plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask,pgnm-reference,gaussian-noise,pgnm-half=pgnm-reinforce,apga,context-dqn,context-random
+  # In three passes over the same folder (each reuses the sub-runs before it): compare goes seed by seed, so
+  # each pass gets its methods on every seed before the next, slower, pass starts. First PGNM before and
+  # after issue 17 and random-mask; then the rest of the PGNM variants and gaussian-noise; then the agents
+  # added later (APGA, Intelligent Masking), the slowest per epoch.
+  methods=plain,pgnm-reinforce,pgnm-before17=pgnm-reinforce,random-mask
+  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" --methods $methods
+  methods+=,pgnm-reference,gaussian-noise,pgnm-half=pgnm-reinforce
+  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" "${HALF[@]}" --methods $methods
+  methods+=,apga,context-dqn,context-random
+  run short "${COMMON[@]}" --epochs 4 --finetune-epochs 1 "${BEFORE[@]}" "${HALF[@]}" --methods $methods
 fi
 if [[ $PART == long || $PART == all ]]; then  # 12 + 3 epochs: does the gap shrink, vanish or reverse?
   run long "${COMMON[@]}" --epochs 12 --finetune-epochs 3 --methods plain,pgnm-reinforce,random-mask
