@@ -43,14 +43,13 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
         epochs = np.arange(1, length + 1)
         for ax, key in zip(axes, ("val/macro_f1", "losses/ce")):
             values = np.array([[r.get(key, np.nan) for r in s[:length]] for s in seeds], dtype=float)
-            seen = ~np.isnan(values).all(0)  # epochs without the key (a self-supervised pretraining) stay blank
-            mean = np.full(length, np.nan)
-            mean[seen] = np.nanmean(values[:, seen], axis=0)
-            (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=method)
+            # Epochs without the key stay blank (a self-supervised pretraining); those with it are joined (a
+            # run that validates every N epochs, --val-every).
+            seen = ~np.isnan(values).all(0)
+            (line,) = ax.plot(epochs[seen], np.nanmean(values[:, seen], 0), marker="o", ms=3, label=method)
             if len(seeds) > 1:
-                low, high = np.full(length, np.nan), np.full(length, np.nan)
-                low[seen], high[seen] = np.nanmin(values[:, seen], 0), np.nanmax(values[:, seen], 0)
-                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
+                low, high = np.nanmin(values[:, seen], 0), np.nanmax(values[:, seen], 0)
+                ax.fill_between(epochs[seen], low, high, color=line.get_color(), alpha=0.15)
     for ax, title in zip(axes, ("validation macro-F1 (clean images)", "training cross-entropy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -231,9 +230,10 @@ def plot_run_curves(records: list[dict], path: Path) -> Path:
             values = np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], dtype=float)
             metric = key.split("/")[-1]
             masked = key.startswith("val_masked/")
+            seen = ~np.isnan(values)  # epochs with a value, joined (--val-every skips validations)
             (line,) = ax.plot(
-                epochs,
-                values,
+                epochs[seen],
+                values[seen],
                 marker="o",
                 ms=3,
                 ls="--" if masked else "-",

@@ -106,6 +106,9 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading worker processes (image folders)")
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
+    val_every: int = option(
+        1, "validate every N epochs and after the last (best.pt: the best validated epoch); training is unchanged"
+    )
     cache_dir: str | None = option(None, "download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace a finished run in --out (its metrics, logs and checkpoints)")
@@ -138,6 +141,7 @@ class TrainConfig:
                 "eval_per_class": (">=", 1),
                 "num_workers": (">=", 0),
                 "checkpoint_every": (">=", 0),
+                "val_every": (">=", 1),
             },
         )
         if self.channels not in (None, 1, 3):
@@ -567,11 +571,14 @@ def validate(run: Run, progress: Progress) -> dict:
     return record
 
 
-def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str]) -> None:
-    """Close the epoch: best.pt when the task's metric improved, log.jsonl, last.pt, a summary line."""
+def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], validated: bool = True) -> None:
+    """Close the epoch: best.pt when it was ``validated`` and the task's metric improved, log.jsonl, last.pt,
+    a summary line."""
     task = run.task
-    value, best = progress.last_val[task.best_metric], progress.best[task.best_metric]
-    improved = value > best if task.maximize else value < best
+    improved = False
+    if validated:
+        value, best = progress.last_val[task.best_metric], progress.best[task.best_metric]
+        improved = value > best if task.maximize else value < best
     if improved:
         progress.best = {"epoch": progress.epoch, task.best_metric: value}
     progress.epoch += 1
@@ -658,14 +665,15 @@ def fit(
     while progress.epoch < cfg.epochs:
         seconds = train_epoch(run, progress)
         train_logs = progress.logs.means()
-        scores = validate(run, progress)
+        last = progress.epoch + 1 == cfg.epochs
+        scores = validate(run, progress) if last or (progress.epoch + 1) % cfg.val_every == 0 else None
         record = {
             "epoch": progress.epoch,
             "step": progress.step,
             "lr": run.scheduler.get_last_lr()[0],
             "train_seconds": round(seconds, 3),
             **train_logs,
-            **scores,
+            **(scores or {}),
         }
-        end_epoch(run, progress, record, log_lines)
+        end_epoch(run, progress, record, log_lines, validated=scores is not None)
     return finish(run, progress, on_finish)

@@ -99,6 +99,24 @@ def test_predict_writes_probabilities_per_file(trained, tmp_path, capsys):
         assert row["prediction"] in classes
 
 
+def test_val_every_skips_validations_but_not_training(tmp_path, capsys):
+    """--val-every 2 over 3 epochs validates after epochs 2 and 3 only; the model is the every-epoch run's."""
+    runs = {}
+    for every in (1, 2):
+        out = tmp_path / f"every{every}"
+        code, _, err = run_cli(["train", *TINY, "--epochs", "3", "--val-every", every, "--out", out], capsys)
+        assert code == 0, err
+        lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        runs[every] = out, lines, json.loads((out / "metrics.json").read_text())
+    (_, every_epoch, full), (out, sparse, metrics) = runs[1], runs[2]
+    assert [("val/macro_f1" in r) for r in sparse] == [False, True, True]
+    assert [r["losses/ce"] for r in sparse] == [r["losses/ce"] for r in every_epoch]
+    assert metrics["test"]["macro_f1"] == full["test"]["macro_f1"]
+    assert metrics["best"]["epoch"] in (1, 2) and (out / "best.pt").is_file()
+    code, _, err = run_cli(["train", *TINY, "--val-every", "0", "--out", tmp_path / "bad"], capsys)
+    assert code == 2 and "--val-every" in err and err.count("\n") == 1
+
+
 def test_config_file_sets_defaults_and_flags_override(tmp_path, capsys):
     cfg = tmp_path / "opts.toml"
     cfg.write_text('model = "resnet10t"\nepochs = 1\nbatch-size = 16\nlr = 0.05\ndata = ["synthetic:n=16,size=16"]\n')
