@@ -126,7 +126,30 @@ def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool) -> n
     return nn.Sequential(pool, Conv2d(inplanes, outplanes, 1, bias=False), nn.BatchNorm2d(outplanes))
 
 
-class ResNet(nn.Module):
+class Classifier(nn.Module):
+    """timm's classifier interface over a subclass's ``forward_features`` and ``forward_head`` and its
+    ``fc`` layer of ``num_features`` inputs: ``forward``, ``get_classifier``, ``reset_classifier``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> logits (B, num_classes), or features (B, num_features) if num_classes=0."""
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer ``fc`` (an Identity when num_classes=0)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a fresh layer with ``num_classes`` outputs (0: Identity), on the model's device."""
+        self.num_classes = num_classes
+        ref = next(self.parameters())
+        self.fc = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+
+
+class ResNet(Classifier):
     """A ResNet with timm's module names, configured by arguments.
 
     block: ``BasicBlock`` or ``Bottleneck``; layers: blocks per stage (4 stages of 64/128/256/512 planes).
@@ -212,24 +235,6 @@ class ResNet(nn.Module):
         """(B, C, h, w) -> global average pool (B, C), then ``fc`` -> (B, num_classes) unless pre_logits."""
         x = self.global_pool(x)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> logits (B, num_classes), or features (B, num_features) if num_classes=0."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The classifier layer ``fc`` (an Identity when num_classes=0)."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a fresh layer with ``num_classes`` outputs (0: Identity), on the model's device."""
-        self.num_classes = num_classes
-        ref = self.bn1.weight
-        self.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
 
 
 def resnet10t(num_classes: int, in_chans: int = 3, small_stem: bool = False) -> ResNet:

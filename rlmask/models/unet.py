@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlmask.models.resnet import Classifier
+
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     """(conv3x3 - BN - ReLU) x 2, keeping the spatial size."""
@@ -133,7 +135,7 @@ class VGG11UNet(nn.Module):
 CONTEXT_CHANNELS = (16, 32, 64, 64, 128, 128)
 
 
-class ContextEncoder(nn.Module):
+class ContextEncoder(Classifier):
     """The small encoder of the Intelligent Masking reference as a classifier backbone.
 
     Six double-conv blocks of ``channels`` widths with a 2x2 max-pool between them (a level already at
@@ -181,22 +183,6 @@ class ContextEncoder(nn.Module):
         """(B, C, h, w) -> global average pool (B, C), then ``fc`` -> (B, num_classes) unless pre_logits."""
         x = x.mean((2, 3))
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a fresh layer with ``num_classes`` outputs (0: Identity), on the model's device."""
-        self.num_classes = num_classes
-        ref = self.context.weight
-        self.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
 
 
 def context_encoder(num_classes: int, in_chans: int = 3, small_stem: bool = False) -> ContextEncoder:
