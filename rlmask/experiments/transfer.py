@@ -173,14 +173,18 @@ def extract_features(
     device: torch.device,
     batch_size: int = EVAL_BATCH_SIZE,
     amp: bool = False,
+    pooled: bool = True,
 ) -> torch.Tensor:
-    """Pooled pre-logit features (N, D) float32 on the CPU of every sample of ``split``, in split order."""
+    """Features float32 on the CPU of every sample of ``split``, in split order: the pooled pre-logit
+    features (N, D), or with ``pooled=False`` the unpooled feature maps (N, D, h, w)."""
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
     out = []
     for x_u8, _ in loader.epoch(0):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            feats = model.forward_head(model.forward_features(transform(x_u8, None)), pre_logits=True)  # (B, D)
+            feats = model.forward_features(transform(x_u8, None))  # (B, D, h, w)
+            if pooled:
+                feats = model.forward_head(feats, pre_logits=True)  # (B, D)
         out.append(feats.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -220,26 +224,6 @@ def train_linear_head(
 
 
 # <<< Intelligent Masking's downstream head (issue 12)
-@torch.no_grad()
-def extract_feature_maps(
-    model: nn.Module,
-    split: Split,
-    transform: Augment,
-    *,
-    device: torch.device,
-    batch_size: int = EVAL_BATCH_SIZE,
-    amp: bool = False,
-) -> torch.Tensor:
-    """Unpooled feature maps (N, D, h, w) float32 on the CPU of every sample of ``split``, in split order."""
-    model.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, seed=0, drop_last=False, device=device)
-    out = []
-    for x_u8, _ in loader.epoch(0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(model.forward_features(transform(x_u8, None)).float().cpu())  # (B, D, h, w)
-    return torch.cat(out)
-
-
 class ReferenceHead(nn.Module):
     """Intelligent Masking's classifier on a frozen encoder: conv3x3 (D -> 32), global average pool, then
     dropout, FC 32 -> 16, ReLU, dropout, FC 16 -> classes (dropout 0.3 before each FC, as the reference)."""
@@ -388,9 +372,9 @@ def _transfer_checkpoint(
     if cfg.mode == "linear":  # features once: only of the training images some subset uses
         base.to(device)
         needed = torch.cat([idx for idx, _ in subsets.values()]).unique()  # (U,) sorted
-        extract = extract_feature_maps if cfg.head == "reference" else extract_features  # <<< >>>
-        train_feats = extract(base, train.subset(needed), eval_tf, device=device, amp=cfg.amp)  # (U, D[, h, w])
-        test_feats = extract(base, test, eval_tf, device=device, amp=cfg.amp)  # (T, D[, h, w])
+        pooled = cfg.head != "reference"  # Intelligent Masking's head convolves the feature maps
+        train_feats = extract_features(base, train.subset(needed), eval_tf, device=device, amp=cfg.amp, pooled=pooled)
+        test_feats = extract_features(base, test, eval_tf, device=device, amp=cfg.amp, pooled=pooled)  # (T, D[, h, w])
         base.cpu()
         info["feature_dim"] = train_feats.shape[1]
     by_shots: dict[str, list] = {}
