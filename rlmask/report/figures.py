@@ -195,7 +195,7 @@ def plot_differences(paired: dict[str, dict[str, dict]], path: Path, title: str 
     axes[0][0].set_yticks(range(len(methods)), [drawable(m) for m in methods])
     axes[0][0].invert_yaxis()
     if title:
-        fig.suptitle(title, fontsize=10, y=1.06)
+        fig.suptitle(title, fontsize=10, y=fig.subplotpars.top + 0.5 / fig.get_figheight())  # just above the panels
     return _save(fig, path)
 
 
