@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rlmask.cli import main
 from rlmask.evaluate.paired import paired_bootstrap, verdict
@@ -123,6 +124,9 @@ def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, s
         assert set(stats) == {"4", "8"}
         for by_metric in stats.values():
             assert by_metric["macro_f1"]["n"] == 2 and by_metric["macro_f1"]["verdict"]
+            over_seeds = by_metric["macro_f1"]["over_seeds"]  # one seed: its mean over the subsets, no interval
+            assert over_seeds["n"] == 1 and over_seeds["low"] is None
+            assert over_seeds["mean"] == pytest.approx(by_metric["macro_f1"]["mean"])
     # The transfer runs label checkpoints by method, and pair them on the same subsets.
     run = json.loads((out / "transfer" / "breastmnist-linear" / "seed0" / "transfer.json").read_text())
     assert run["checkpoints"] == ["plain", "random-mask"]
@@ -133,6 +137,28 @@ def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, s
     assert list(drawn) == ["random-mask"] + [
         f"random-mask: {key}, {n}/class" for key in result["transfer"] for n in ("4", "8")
     ]
+
+
+def test_transfer_difference_over_pairs_and_over_seeds():
+    """Two seeds of two subsets: the pairs' interval treats 4 differences as independent, the seeds' interval
+    has 2 units (each seed's mean); both have the same mean, and an undefined score drops its pair only."""
+    from scipy import stats
+
+    from rlmask.experiments.compare import transfer_difference
+
+    by_seed = [[(0.6, 0.5), (0.7, 0.5)], [(0.5, 0.5), (0.6, 0.6)]]  # differences 0.1, 0.2 | 0.0, 0.0
+    result = transfer_difference(by_seed)
+    assert result["n"] == 4 and result["mean"] == pytest.approx(0.075)
+    half = stats.t.ppf(0.975, 3) * stats.tstd([0.1, 0.2, 0.0, 0.0]) / 2
+    assert (result["low"], result["high"]) == pytest.approx((0.075 - half, 0.075 + half))
+    over = result["over_seeds"]
+    assert over["n"] == 2 and over["mean"] == pytest.approx(0.075)  # seed means 0.15 and 0.0
+    half = stats.t.ppf(0.975, 1) * stats.tstd([0.15, 0.0]) / 2**0.5
+    assert (over["low"], over["high"]) == pytest.approx((max(0.075 - half, -1.0), min(0.075 + half, 1.0)))  # clipped
+    assert over["high"] - over["low"] > result["high"] - result["low"]
+    assert over["verdict"] == "no detectable difference"
+    partial = transfer_difference([[(0.6, 0.5), (None, 0.5)], [(0.5, 0.4)]])
+    assert partial["n"] == 2 and partial["over_seeds"]["n"] == 2 and partial["over_seeds"]["mean"] == pytest.approx(0.1)
 
 
 def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
