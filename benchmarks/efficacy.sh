@@ -61,3 +61,8 @@ if [[ $PART == leave-out || $PART == all ]]; then  # pretrain on five sources, t
   run leave-out "${COMMON[@]}" --epochs 4 --finetune-epochs 1 --leave-out breastmnist.npz --shots 16,64,256 \
     --transfer-mode linear --methods plain,pgnm-reinforce,random-mask,apga,context-dqn
 fi
+# The budget question, once both budgets have a comparison: method - plain at 4+1 and 12+3 epochs side by side.
+R=benchmarks/results/efficacy
+if [[ -f $R/short/comparison.json && -f $R/long/comparison.json ]]; then
+  python benchmarks/efficacy_budget.py $R/short $R/long --figure $R/budget.png | tee $R/budget.md
+fi
