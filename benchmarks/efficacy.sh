@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 PART=${1:-all}
 OUT=${2:-runs/efficacy}
 RLMASK=${RLMASK:-rlmask}
+PYTHON=${PYTHON:-python3}  # one that imports rlmask (the budget comparison)
 D=../shared/data
 POOL=($D/organamnist.npz $D/bloodmnist.npz $D/pneumoniamnist.npz $D/breastmnist.npz $D/retinamnist.npz $D/mednist64.npz)
 COMMON=(--data "${POOL[@]}" --image-size 28 --model resnet10t --train-per-class 100 --eval-per-class 100
@@ -64,5 +65,5 @@ fi
 # The budget question, once both budgets have a comparison: method - plain at 4+1 and 12+3 epochs side by side.
 R=benchmarks/results/efficacy
 if [[ -f $R/short/comparison.json && -f $R/long/comparison.json ]]; then
-  python benchmarks/efficacy_budget.py $R/short $R/long --figure $R/budget.png | tee $R/budget.md
+  "$PYTHON" benchmarks/efficacy_budget.py $R/short $R/long --figure $R/budget.png | tee $R/budget.md
 fi
