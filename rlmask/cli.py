@@ -142,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _record_command(cfg.out)
     result = run_comparison(cfg)
     print((Path(cfg.out) / "comparison.md").read_text())
-    print(f"comparison ({result['minutes']} min) -> {cfg.out}")
+    print(f"comparison ({result['minutes']} min in this invocation) -> {cfg.out}")
     return 0
 
 

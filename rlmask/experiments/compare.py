@@ -34,6 +34,7 @@ from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, ve
 from rlmask.experiments.transfer import TransferConfig, parse_shots, run_transfer
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_json, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
+from rlmask.report.html import wall_time_line
 from rlmask.train.loop import TrainConfig, fit
 from rlmask.train.methods import FINETUNE_WARMUP, FinetuneConfig, PretrainConfig, finetune, pretrain
 from rlmask.train.tasks import build_task
@@ -366,7 +367,13 @@ def run_comparison(cfg: CompareConfig) -> dict:
         "config": to_plain(cfg),
         "split": "test",
         "equal_compute_epochs": total,
-        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "minutes": round((time.perf_counter() - start) / 60, 2),  # this invocation's wall time
+        # training epochs' time summed over seeds (no validation, evaluation or transfer); unlike "minutes" it
+        # does not fall to 0 when finished sub-runs are reused
+        "train_minutes": {
+            label: round(sum(r.get("train_seconds", 0.0) for c in cs for r in c) / 60, 2)
+            for label, cs in curves.items()
+        },
         "methods": summary,
         "paired": paired_against_plain(cfg, out, rows),
         "transfer": transfer_against_plain(cfg, out) if cfg.transfer_to else {},
@@ -678,7 +685,7 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
         f"Test split, mean ± half-width of the 95% t-interval over seeds ([low, high] where clipped to [0, 1]; "
         f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
         f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
-        f"Wall time: {result['minutes']} min.",
+        wall_time_line(result),
         "",
         *render_paired(result),
         *render_transfer(result),

@@ -95,6 +95,22 @@ footer { text-align:center; color:var(--muted); font-size:12px; padding:0 0 28px
 """
 
 
+def wall_time_line(result: dict) -> str:
+    """comparison.md's and the report's line on time: the invocation's wall time and, per method, the training
+    time summed over seeds, with its ratio to plain at equal compute (what the method costs)."""
+    line = f"Wall time: {result['minutes']} min in this invocation (finished sub-runs are reused, not retrained)."
+    train = result.get("train_minutes") or {}
+    plain = train.get(f"plain ({result.get('equal_compute_epochs')} ep)")
+    if train:
+        cells = [
+            f"{label} {minutes} min"
+            + (f" ({minutes / plain:.2f}x plain)" if plain and not label.startswith("plain") else "")
+            for label, minutes in train.items()
+        ]
+        line += " Training time summed over seeds (training epochs only): " + ", ".join(cells) + "."
+    return line
+
+
 def folder_kind(folder: Path) -> str:
     """``"compare"``, ``"transfer"`` or ``"run"`` by the files ``folder`` holds; UserError for anything else."""
     folder = Path(folder)
@@ -403,7 +419,7 @@ def _compare_section(folder: Path, scratch: Path) -> str:
         f"{_e(cfg.get('seeds', '?'))} seed(s) ([low, high] where clipped to [0, 1]; the mean alone with one seed). Data: {_e(_plain(cfg.get('data')))}; model: "
         f"{_e(cfg.get('model', '?'))}; methods: {_e(cfg.get('epochs', '?'))} pretraining + "
         f"{_e(cfg.get('finetune_epochs', '?'))} fine-tuning epochs; plain: "
-        f"{_e(result.get('equal_compute_epochs', '?'))} epochs. Wall time: {_e(result.get('minutes', '?'))} min.</p>"
+        f"{_e(result.get('equal_compute_epochs', '?'))} epochs. {_e(wall_time_line(result)) if 'minutes' in result else ''}</p>"
     ]
     paired = result.get("paired") or {}
     if paired:  # the answer first: does each method beat plain training?

@@ -69,6 +69,52 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     assert md.index("## Method - plain") < md.index("## Equal compute")
     assert "± " not in md.split("## Method - plain")[1] and entry["macro_f1"]["verdict"] in md
     assert (out / "differences.png").is_file()
+    # Training time per method, summed from the runs' logs: it survives re-assembly, which trains nothing.
+    logs = {
+        "plain (2 ep)": [out / "plain" / "seed0"],
+        "random-mask": [out / "random-mask" / "seed0" / "pretrain", out / "random-mask" / "seed0" / "finetune"],
+    }
+    for label, folders in logs.items():
+        seconds = sum(json.loads(line)["train_seconds"] for f in folders for line in (f / "log.jsonl").open())
+        assert result["train_minutes"][label] == round(seconds / 60, 2)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "compare",
+                *TINY,
+                "--methods",
+                "plain",
+                "random-mask",
+                "--epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--seeds",
+                "1",
+                "--bootstrap-resamples",
+                "500",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "min in this invocation" in capsys.readouterr().out
+    again = json.loads((out / "comparison.json").read_text())
+    assert again["train_minutes"] == result["train_minutes"] and again["paired"] == result["paired"]
+    assert "Training time summed over seeds (training epochs only): plain (2 ep) " in md
+
+
+def test_wall_time_line_gives_each_method_its_cost_against_plain():
+    from rlmask.report.html import wall_time_line
+
+    result = {"minutes": 0.0, "equal_compute_epochs": 5, "train_minutes": {"plain (5 ep)": 2.0, "pgnm": 5.0}}
+    assert wall_time_line(result) == (
+        "Wall time: 0.0 min in this invocation (finished sub-runs are reused, not retrained). Training time summed "
+        "over seeds (training epochs only): plain (5 ep) 2.0 min, pgnm 5.0 min (2.50x plain)."
+    )
+    assert wall_time_line({"minutes": 1.5}).startswith("Wall time: 1.5 min in this invocation")
 
 
 def test_compare_transfers_to_unseen_tasks_and_leaves_one_source_out(tmp_path, shared_data, capsys, monkeypatch):
