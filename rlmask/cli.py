@@ -185,6 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.data,
         split=args.split,
         model_name=args.model,
+        small_stem=args.small_stem,
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
@@ -208,6 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         model_name=args.model,
+        small_stem=args.small_stem,
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
@@ -340,6 +342,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _checkpoint_reader(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="rlmask checkpoint, heated.pt or timm state dict")
     parser.add_argument("--model", help="architecture of a plain state dict (default: from config.json beside it)")
+    parser.add_argument(
+        "--small-stem",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a plain state dict's stem: stride-1 without max-pool (default: from config.json beside it, else "
+        "guessed from the first convolution; a deep-stem model such as resnet10t is taken as standard)",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (default: 256)")
     parser.add_argument("--device", default="auto")
     parser.add_argument(

@@ -106,6 +106,7 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     model_name: str | None = None,
+    small_stem: bool | None = None,
     batch_size: int = 256,
     device: str = "auto",
     amp: bool | None = None,
@@ -114,7 +115,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Metrics of a checkpoint on a split of the pool ``data_specs`` (resized as in training)."""
 
-    model, meta = load_classifier(path, model_name, trust=trust)
+    model, meta = load_classifier(path, model_name, trust=trust, small_stem=small_stem)
     # Data without fixed splits is split as in training (the run's seed and split options), so the test
     # split scored here is the one the model never saw.
     run = meta.get("config") or {}
@@ -166,6 +167,7 @@ def predict_files(
     out,
     *,
     model_name: str | None = None,
+    small_stem: bool | None = None,
     batch_size: int = 256,
     device: str = "auto",
     image_size: int | None = None,
@@ -182,7 +184,7 @@ def predict_files(
         raise UserError(f"--out {out}: is a folder; give the CSV file to write")
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: exists; add --overwrite to replace it")
-    model, meta = load_classifier(path, model_name, trust=trust)
+    model, meta = load_classifier(path, model_name, trust=trust, small_stem=small_stem)
     size = image_size or meta.get("image_size")
     if size is None:
         raise UserError(f"checkpoint {path}: image size unknown; it has no config.json beside it")

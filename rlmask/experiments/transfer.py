@@ -89,6 +89,11 @@ class TransferConfig:
     weight_decay: float = option(1e-4, "weight decay")
     seed: int = option(0, "seed of the subsets, head initialisation, data order and augmentation")
     model: str | None = option(None, "architecture of plain state dicts (default: from config.json beside them)")
+    small_stem: bool | None = option(
+        None,
+        "plain state dicts' stem: stride-1 without max-pool (default: from config.json beside them, else guessed "
+        "from the first convolution; a deep-stem model such as resnet10t is taken as standard)",
+    )
     image_size: int | None = option(None, "image side in pixels (default: the checkpoint's)", metavar="PX")
     eval_per_class: int | None = option(None, "evaluate on at most this many test images per class (one fixed subset)")
     out: str = option("runs/transfer", "output directory", metavar="DIR")
@@ -435,7 +440,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
     labels = list(cfg.label) if cfg.label else checkpoint_labels(cfg.checkpoints)
     # Read every checkpoint first: a bad one fails the command before any work is done.
     loaded = [
-        load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint) for path in cfg.checkpoints
+        load_classifier(path, cfg.model, option="checkpoint", trust=cfg.trust_checkpoint, small_stem=cfg.small_stem)
+        for path in cfg.checkpoints
     ]
     pools: dict = {}
     subsets: dict = {}

@@ -122,13 +122,19 @@ def head_classes(model: nn.Module, path, option: str = "checkpoint") -> int:
 
 
 def load_classifier(
-    path: str | Path, model_name: str | None = None, option: str = "checkpoint", trust: bool = False
+    path: str | Path,
+    model_name: str | None = None,
+    option: str = "checkpoint",
+    trust: bool = False,
+    small_stem: bool | None = None,
 ) -> tuple[nn.Module, dict]:
     """A ready classifier from any checkpoint kind, and what is known of the data it was trained on.
 
     rlmask checkpoints carry their model and data description. A plain state dict (``heated.pt``, a
     timm file) takes its architecture from ``model_name`` or the ``config.json`` of the run folder
-    beside it, its class count and input channels from the tensors' shapes.
+    beside it, its class count and input channels from the tensors' shapes; its stem from ``small_stem``, else
+    that config.json, else the first convolution's kernel (3x3 where a standard stem has 7x7; a deep-stem
+    model such as resnet10t has 3x3 either way, and is taken as standard).
     Returns ``(model in eval mode on the CPU, {"classes", "channels", "image_size", "mean", "std", "small_stem", "model",
     "config"})`` (config: the training run's options, where known)
     where unknown entries are None.
@@ -165,7 +171,8 @@ def load_classifier(
             "not a state dict of a built-in backbone"
         )
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
-    small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
+    if small_stem is None:
+        small_stem = meta.get("small_stem", stem.shape[-1] == 3 and "conv1.weight" in state)
     model = create_model(name, num_classes, in_chans=stem.shape[1], small_stem=small_stem)
     load_init_weights(model, path, option, trust)
     # A run that trained on another input scaling (the reconstruct task's reference [-1, 1]) records it.

@@ -80,6 +80,42 @@ def test_evaluate_reproduces_the_test_metrics(trained, capsys):
     assert code == 0 and json.loads(out)["num_samples"] == recorded["num_samples"]
 
 
+def test_a_plain_state_dict_without_its_config_takes_the_stem_from_the_flag(trained, tmp_path, capsys, monkeypatch):
+    """A resnet10t has a 3x3 first convolution with either stem, so a bare state dict cannot tell which it was
+    trained with: --small-stem says so, and the moved weights then score as the run did."""
+    from rlmask.models.weights import load_classifier
+
+    bare = tmp_path / "moved" / "weights.pt"  # no config.json beside it
+    bare.parent.mkdir()
+    torch.save(torch.load(trained / "last.pt", weights_only=True)["model"], bare)
+    assert json.loads((trained / "config.json").read_text())["small_stem"] is True  # 16 px: on by default
+    assert load_classifier(bare, "resnet10t")[1]["small_stem"] is False  # the guess: standard
+    assert load_classifier(bare, "resnet10t", small_stem=True)[1]["small_stem"] is True
+    data = ["--data", "synthetic:n=24,size=16", "--json", "--model", "resnet10t"]
+    code, out, err = run_cli(["evaluate", bare, *data, "--small-stem"], capsys)
+    assert code == 0, err
+    recorded = json.loads((trained / "metrics.json").read_text())["test"]
+    assert json.loads(out)["macro_f1"] == pytest.approx(recorded["macro_f1"])
+    # transfer builds the backbone with the flag's stem
+    from rlmask.experiments import transfer
+
+    stems = []
+
+    def spy(*args, **kwargs):
+        model, meta = load_classifier(*args, **kwargs)
+        stems.append(meta["small_stem"])
+        return model, meta
+
+    monkeypatch.setattr(transfer, "load_classifier", spy)
+    for stem in ("--small-stem", "--no-small-stem"):
+        args = ["transfer", bare, "--model", "resnet10t", stem, "--data", "synthetic:n=12,size=16", "--shots", "2"]
+        code, _, err = run_cli(
+            [*args, "--repeats", "1", "--epochs", "1", "--no-progress", "--out", tmp_path / stem], capsys
+        )
+        assert code == 0, err
+    assert stems == [True, False]
+
+
 def test_predict_writes_probabilities_per_file(trained, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
