@@ -24,25 +24,9 @@ TINY = [
 
 def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(
-        [
-            "compare",
-            *TINY,
-            "--methods",
-            "plain",
-            "random-mask",
-            "--epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--seeds",
-            "1",
-            "--bootstrap-resamples",
-            "500",
-            "--out",
-            str(out),
-        ]
-    )
+    args = ["compare", *TINY, "--methods", "plain", "random-mask", "--epochs", "1", "--finetune-epochs", "1"]
+    args += ["--seeds", "1", "--bootstrap-resamples", "500", "--out", str(out)]
+    code = main(args)
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "comparison.json").read_text())
     entry = result["paired"]["random-mask"]
@@ -78,28 +62,7 @@ def test_compare_leads_with_paired_differences_and_verdicts(tmp_path, capsys):
         seconds = sum(json.loads(line)["train_seconds"] for f in folders for line in (f / "log.jsonl").open())
         assert result["train_minutes"][label] == round(seconds / 60, 2)
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "compare",
-                *TINY,
-                "--methods",
-                "plain",
-                "random-mask",
-                "--epochs",
-                "1",
-                "--finetune-epochs",
-                "1",
-                "--seeds",
-                "1",
-                "--bootstrap-resamples",
-                "500",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(args) == 0
     assert "min in this invocation" in capsys.readouterr().out
     again = json.loads((out / "comparison.json").read_text())
     assert again["train_minutes"] == result["train_minutes"] and again["paired"] == result["paired"]
