@@ -7,7 +7,8 @@
 # Every part is one `rlmask compare`: run it again and it skips finished sub-runs and resumes an
 # interrupted one, so the study can be stopped and continued across sessions. The parts share nothing and
 # may run side by side (one per core: OMP_NUM_THREADS=1). Each part's comparison.json, comparison.md and
-# differences.png are copied to benchmarks/results/efficacy/PART/ when it completes.
+# differences.png are copied to benchmarks/results/efficacy/PART/ when it completes, and its wall time appended
+# to wall.txt there.
 #
 # On a fresh machine, resume from the finished runs kept in the repository (their small files, no
 # checkpoints; see benchmarks/keep_runs.py), with the default OUT:
@@ -37,9 +38,11 @@ run() {  # run PART-NAME ARGS...: one comparison, then its tables and figure int
   local name=$1; shift
   local start=$SECONDS
   "$RLMASK" compare "$@" --out "$OUT/$name"
-  echo "efficacy $name: $(( SECONDS - start )) s in this invocation" | tee -a "$OUT/$name/wall.txt"
   mkdir -p "benchmarks/results/efficacy/$name"
-  cp "$OUT/$name"/comparison.{json,md} "$OUT/$name/wall.txt" "benchmarks/results/efficacy/$name/"
+  # appended to the kept wall.txt too: it is the part's history across sessions (a fresh clone's OUT has none)
+  echo "efficacy $name: $(( SECONDS - start )) s in this invocation" |
+    tee -a "$OUT/$name/wall.txt" "benchmarks/results/efficacy/$name/wall.txt"
+  cp "$OUT/$name"/comparison.{json,md} "benchmarks/results/efficacy/$name/"
   [ -f "$OUT/$name/differences.png" ] && cp "$OUT/$name/differences.png" "benchmarks/results/efficacy/$name/"
 }
 
@@ -60,7 +63,7 @@ if [[ $PART == long || $PART == all ]]; then  # 12 + 3 epochs: does the gap shri
 fi
 if [[ $PART == leave-out || $PART == all ]]; then  # pretrain on five sources, transfer to the sixth
   run leave-out "${COMMON[@]}" --epochs 4 --finetune-epochs 1 --leave-out breastmnist.npz --shots 16,64,256 \
-    --transfer-mode linear --methods plain,pgnm-reinforce,random-mask,apga,context-dqn
+    --transfer-mode linear --methods plain,pgnm-reinforce,random-mask,apga,context-dqn,context-random
 fi
 # The budget question, once both budgets have a comparison: method - plain at 4+1 and 12+3 epochs side by side.
 R=benchmarks/results/efficacy
