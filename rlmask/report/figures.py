@@ -31,22 +31,27 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)))  # solid, dashed, dotted (the pretraining boundary is grey "--")
+
+
 def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, boundary: int | None = None) -> Path:
     """Validation macro-F1 and training cross-entropy per epoch: one line per method (mean over seeds,
     band = min..max over seeds). ``curves[method]`` holds one list of log.jsonl records per seed;
     ``boundary`` draws a dashed line where pretraining ends and fine-tuning starts."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, seeds in curves.items():
+    for i, (method, seeds) in enumerate(curves.items()):
         length = min(len(s) for s in seeds)
         if length == 0:
             continue
         epochs = np.arange(1, length + 1)
+        # the colour cycle has 10 colours: past them, another line style, so that no two methods look alike
+        style = {"color": f"C{i % 10}", "ls": LINE_STYLES[i // 10 % len(LINE_STYLES)], "marker": "o", "ms": 3}
         for ax, key in zip(axes, ("val/macro_f1", "losses/ce")):
             values = np.array([[r.get(key, np.nan) for r in s[:length]] for s in seeds], dtype=float)
             # Epochs without the key stay blank (a self-supervised pretraining); those with it are joined (a
             # run that validates every N epochs, --val-every).
             seen = ~np.isnan(values).all(0)
-            (line,) = ax.plot(epochs[seen], np.nanmean(values[:, seen], 0), marker="o", ms=3, label=method)
+            (line,) = ax.plot(epochs[seen], np.nanmean(values[:, seen], 0), label=method, **style)
             if len(seeds) > 1:
                 low, high = np.nanmin(values[:, seen], 0), np.nanmax(values[:, seen], 0)
                 ax.fill_between(epochs[seen], low, high, color=line.get_color(), alpha=0.15)
@@ -57,7 +62,7 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
         ax.grid(alpha=0.3)
         if boundary:
             ax.axvline(boundary + 0.5, color="grey", ls="--", lw=1)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the panels, not on a curve
     return _save(fig, path)
 
 

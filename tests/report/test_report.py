@@ -220,3 +220,21 @@ def test_report_in_a_real_browser(folders, tmp_path, monkeypatch):
     finally:
         driver.quit()
     assert shot.stat().st_size > 0 and shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_training_curves_give_every_method_its_own_look(tmp_path, monkeypatch):
+    """More methods than the colour cycle's 10 colours: each line still differs in colour or line style, the
+    legend sits beside the panels, and epochs a run did not validate (--val-every) are skipped, not zero."""
+    from rlmask.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    log = [{"epoch": e, "losses/ce": 2.0 - e / 10} | ({"val/macro_f1": e / 10} if e % 2 else {}) for e in range(5)]
+    curves = {f"method {i}": [log, log] for i in range(12)}
+    figures.plot_training_curves(curves, tmp_path / "curves.png", boundary=3)
+    left, right = drawn[0].axes
+    looks = [(line.get_color(), str(line.get_linestyle())) for line in left.get_lines() if line.get_label() in curves]
+    assert len(looks) == 12 and len(set(looks)) == 12
+    validated = next(line for line in left.get_lines() if line.get_label() == "method 0")
+    assert list(validated.get_xdata()) == [2, 4] and list(validated.get_ydata()) == [0.1, 0.3]
+    assert right.get_legend() is not None and left.get_legend() is None
