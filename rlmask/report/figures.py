@@ -32,6 +32,7 @@ def _save(fig, path: Path) -> Path:
 
 
 LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)))  # solid, dashed, dotted (the pretraining boundary is grey "--")
+MARKERS = ("o", "s", "^")
 
 
 def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, boundary: int | None = None) -> Path:
@@ -44,8 +45,10 @@ def plot_training_curves(curves: dict[str, list[list[dict]]], path: Path, bounda
         if length == 0:
             continue
         epochs = np.arange(1, length + 1)
-        # the colour cycle has 10 colours: past them, another line style, so that no two methods look alike
-        style = {"color": f"C{i % 10}", "ls": LINE_STYLES[i // 10 % len(LINE_STYLES)], "marker": "o", "ms": 3}
+        # the colour cycle has 10 colours: past them, another line style and marker, so that no two methods
+        # look alike (a method validated once, e.g. a self-supervised one, is a marker alone)
+        cycle = i // 10 % len(LINE_STYLES)
+        style = {"color": f"C{i % 10}", "ls": LINE_STYLES[cycle], "marker": MARKERS[cycle], "ms": 3 + cycle}
         for ax, key in zip(axes, ("val/macro_f1", "losses/ce")):
             values = np.array([[r.get(key, np.nan) for r in s[:length]] for s in seeds], dtype=float)
             # Epochs without the key stay blank (a self-supervised pretraining); those with it are joined (a

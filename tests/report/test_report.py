@@ -223,7 +223,7 @@ def test_report_in_a_real_browser(folders, tmp_path, monkeypatch):
 
 
 def test_training_curves_give_every_method_its_own_look(tmp_path, monkeypatch):
-    """More methods than the colour cycle's 10 colours: each line still differs in colour or line style, the
+    """More methods than the colour cycle's 10 colours: each line still differs in colour or marker, the
     legend sits beside the panels, and epochs a run did not validate (--val-every) are skipped, not zero."""
     from rlmask.report import figures
 
@@ -233,7 +233,7 @@ def test_training_curves_give_every_method_its_own_look(tmp_path, monkeypatch):
     curves = {f"method {i}": [log, log] for i in range(12)}
     figures.plot_training_curves(curves, tmp_path / "curves.png", boundary=3)
     left, right = drawn[0].axes
-    looks = [(line.get_color(), str(line.get_linestyle())) for line in left.get_lines() if line.get_label() in curves]
+    looks = [(line.get_color(), line.get_marker()) for line in left.get_lines() if line.get_label() in curves]
     assert len(looks) == 12 and len(set(looks)) == 12
     validated = next(line for line in left.get_lines() if line.get_label() == "method 0")
     assert list(validated.get_xdata()) == [2, 4] and list(validated.get_ydata()) == [0.1, 0.3]
