@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import dataclasses
 import fcntl
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from rlmask.data.options import DataOptions
 from rlmask.errors import UserError
 from rlmask.evaluate.metrics import SUMMARY_METRICS, mean_ci
 from rlmask.evaluate.paired import paired_bootstrap, paired_seed_differences, verdict
-from rlmask.experiments.transfer import TransferConfig, parse_shots, run_transfer
+from rlmask.experiments.transfer import TransferConfig, parse_shots, run_transfer, write_transfer
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_json, read_jsonl, to_plain, write_json
 from rlmask.report.figures import plot_differences, plot_mask_gallery, plot_training_curves
 from rlmask.report.html import wall_time_line
@@ -493,21 +494,33 @@ def _task_name(spec: str) -> str:
 
 
 def _transfer_once(cfg: CompareConfig, out: Path, folder: Path, task: str, mode: str, seed: int, methods) -> dict:
-    """One seed's transfer of plain and every method to ``task`` (run unless its transfer.json exists)."""
-    if (folder / "transfer.json").is_file():
-        return read_json(folder / "transfer.json", "--out: transfer run")
+    """One seed's transfer of plain and every method to ``task``: its transfer.json, where one exists, with the
+    methods it lacks (added to the comparison since) transferred and joined to it."""
     names = ["plain", *methods]
-    paths = [str(_final_folder(cfg, out, m, seed) / "last.pt") for m in names]
-    return run_transfer(
+    done = read_json(folder / "transfer.json", "--out: transfer run") if (folder / "transfer.json").is_file() else None
+    if done is not None:
+        was = done.get("config", {})
+        if parse_shots(str(was.get("shots"))) != parse_shots(cfg.shots) or was.get("repeats") != cfg.transfer_repeats:
+            raise UserError(
+                f"--shots/--transfer-repeats: {folder} was transferred with shots {was.get('shots')} and "
+                f"{was.get('repeats')} repeats, not {cfg.shots} and {cfg.transfer_repeats}; choose another --out"
+            )
+    missing = [m for m in names if done is None or m not in done.get("results", {})]
+    if not missing:
+        return done
+    # A checkpoint's scores depend only on the seed's subsets and run seeds (drawn from the seed and the task's
+    # labels), never on the other checkpoints: methods added later transfer on their own, on the same subsets.
+    part_dir = folder if done is None else folder / ".added"
+    part = run_transfer(
         TransferConfig(
-            checkpoints=paths,
-            label=names,
+            checkpoints=[str(_final_folder(cfg, out, m, seed) / "last.pt") for m in missing],
+            label=missing,
             data=[task],
             shots=cfg.shots,
             repeats=cfg.transfer_repeats,
             mode=mode,
             seed=seed,
-            out=str(folder),
+            out=str(part_dir),
             device=cfg.device,
             amp=cfg.amp,
             cache_dir=cfg.cache_dir,
@@ -516,6 +529,21 @@ def _transfer_once(cfg: CompareConfig, out: Path, folder: Path, task: str, mode:
             trust_checkpoint=cfg.trust_checkpoint,
         )
     )
+    if done is None:
+        return part
+    config = done["config"] | {
+        "checkpoints": [*done["config"]["checkpoints"], *part["config"]["checkpoints"]],
+        "label": [*done["checkpoints"], *missing],
+    }
+    merged = done | {
+        "config": config,
+        "checkpoints": [*done["checkpoints"], *missing],
+        "checkpoint_info": done["checkpoint_info"] | part["checkpoint_info"],
+        "results": done["results"] | part["results"],
+    }
+    write_transfer(merged, folder)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    return merged
 
 
 def transfer_against_plain(cfg: CompareConfig, out: Path) -> dict:

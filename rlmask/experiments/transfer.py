@@ -471,11 +471,15 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "split": split,
         "results": results,
     }
-    out = Path(cfg.out)
-    write_json(out / "transfer.json", result)
-    plot_transfer(results, out / "transfer.png")
-    atomic_write_bytes(out / "transfer.md", render_markdown(result).encode())
+    write_transfer(result, Path(cfg.out))
     return result
+
+
+def write_transfer(result: dict, out: Path) -> None:
+    """transfer.json, transfer.png and transfer.md of a transfer run's result, in ``out``."""
+    write_json(out / "transfer.json", result)
+    plot_transfer(result["results"], out / "transfer.png")
+    atomic_write_bytes(out / "transfer.md", render_markdown(result).encode())
 
 
 def _fmt(stat: dict) -> str:

@@ -228,3 +228,33 @@ def test_a_sub_run_held_by_another_process_is_left_for_last_then_waited_for(tmp_
     names = [str(Path(p).relative_to(out)) for p in trained]
     assert names[-1] == "plain/seed0" and names.count("plain/seed0") == 1 and len(names) == 4
     assert set(json.loads((out / "comparison.json").read_text())["paired"]) == {"random-mask"}
+
+
+def test_a_method_added_to_a_finished_comparison_joins_its_transfer_runs(tmp_path, capsys):
+    """Rerun with one more method: the seed's transfer run gains it on the same subsets, the methods already
+    there keep their scores, and a changed --shots is a one-line error rather than a mismatched pairing."""
+    out = tmp_path / "cmp"
+    transfer = ["--transfer-to", "synthetic:n=8,size=16,seed=5,modalities=2", "--shots", "4", "--transfer-repeats", "2"]
+    args = ["compare", *TINY, "--epochs", "1", "--finetune-epochs", "1", "--seeds", "1", *transfer, "--out", str(out)]
+    args += ["--bootstrap-resamples", "200"]
+    assert main([*args, "--methods", "plain,random-mask"]) == 0, capsys.readouterr().err
+    run = out / "transfer" / "synthetic-n-8-size-16-seed-5-modalities-2-linear" / "seed0" / "transfer.json"
+    before = json.loads(run.read_text())
+    assert main([*args, "--methods", "plain,random-mask,gaussian-noise"]) == 0, capsys.readouterr().err
+    after = json.loads(run.read_text())
+    assert after["checkpoints"] == ["plain", "random-mask", "gaussian-noise"]
+    assert {k: after["results"][k] for k in before["results"]} == before["results"]
+    digests = {m: [r["subset_digest"] for r in after["results"][m]["4"]["repeats"]] for m in after["checkpoints"]}
+    assert digests["gaussian-noise"] == digests["plain"]
+    assert not (run.parent / ".added").exists()
+    # ... and its scores are those of one transfer run of all three
+    paths = [out / "plain" / "seed0" / "last.pt"] + [out / m / "seed0" / "finetune" / "last.pt" for m in digests][1:]
+    whole = ["transfer", *map(str, paths), "--label", *digests, "--data", transfer[1], "--shots", "4", "--repeats", "2"]
+    assert main([*whole, "--no-progress", "--out", str(tmp_path / "whole")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "whole" / "transfer.json").read_text())["results"] == after["results"]
+    result = json.loads((out / "comparison.json").read_text())
+    assert set(next(iter(result["transfer"].values()))["methods"]) == {"random-mask", "gaussian-noise"}
+    capsys.readouterr()
+    code = main([*args[:-2], "--bootstrap-resamples", "200", "--methods", "plain,random-mask", "--shots", "4,8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "was transferred with shots 4 and 2 repeats" in err
