@@ -6,9 +6,9 @@
 #
 # Every part is one `rlmask compare`: run it again and it skips finished sub-runs and resumes an
 # interrupted one, so the study can be stopped and continued across sessions. The parts share nothing and
-# may run side by side (one per core: OMP_NUM_THREADS=1). Each part's comparison.json, comparison.md and
-# differences.png are copied to benchmarks/results/efficacy/PART/ when it completes, and its wall time appended
-# to wall.txt there.
+# may run side by side (one per core: OMP_NUM_THREADS=1). Each part's comparison.json, comparison.md,
+# differences.png and curves.png are copied to benchmarks/results/efficacy/PART/ when it completes, and its
+# wall time appended to wall.txt there.
 #
 # On a fresh machine, resume from the finished runs kept in the repository (their small files, no
 # checkpoints; see benchmarks/keep_runs.py), with the default OUT:
@@ -43,7 +43,9 @@ run() {  # run PART-NAME ARGS...: one comparison, then its tables and figure int
   echo "efficacy $name: $(( SECONDS - start )) s in this invocation" |
     tee -a "$OUT/$name/wall.txt" "benchmarks/results/efficacy/$name/wall.txt"
   cp "$OUT/$name"/comparison.{json,md} "benchmarks/results/efficacy/$name/"
-  [ -f "$OUT/$name/differences.png" ] && cp "$OUT/$name/differences.png" "benchmarks/results/efficacy/$name/"
+  for figure in differences curves; do
+    if [ -f "$OUT/$name/$figure.png" ]; then cp "$OUT/$name/$figure.png" "benchmarks/results/efficacy/$name/"; fi
+  done
 }
 
 if [[ $PART == short || $PART == all ]]; then  # 4 + 1 epochs: every method
