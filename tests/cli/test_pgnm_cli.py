@@ -148,7 +148,7 @@ def test_compare_writes_json_markdown_and_figures(tmp_path, capsys):
             assert stats[key]["low"] <= stats[key]["mean"] <= stats[key]["high"]
     assert "heated_macro_f1" in methods["pgnm-reinforce"]
     markdown = (out / "comparison.md").read_text()
-    assert markdown.index("## Equal compute") < markdown.index("reference view")
+    assert markdown.index("## Equal compute") < markdown.index("## The reference's view")
     for figure in ("curves.png", "masks.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     # The same data order for every method: plain and pgnm share seed s's first-epoch batches.
