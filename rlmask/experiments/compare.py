@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import fcntl
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -777,6 +778,7 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
         if policy_file.is_file():
             agent.load_state_dict(load_checkpoint(policy_file)["agent"])
         elif agent.state_dict():  # a run kept without its checkpoints: an untrained agent's masks would mislead
+            print(f"warning: masks.png: {method} left out ({policy_file} is missing)", file=sys.stderr)
             continue
         agent.eval()
         sampled = agent.sample_masks(x, torch.Generator().manual_seed(0))

@@ -159,6 +159,14 @@ def test_compare_writes_json_markdown_and_figures(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert json.loads((out / "comparison.json").read_text())["methods"] == methods
+    # Runs kept without checkpoints: the gallery leaves an agent it cannot load out, and says so.
+    policy = out / "pgnm-reinforce" / "seed0" / "pretrain" / "policy.pt"
+    policy.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"warning: masks.png: pgnm-reinforce left out ({policy} is missing)" in err.splitlines()
+    assert (out / "masks.png").is_file()  # random masks need no trained state
 
 
 def test_bench_reports_side_by_side_ratio(capsys):
