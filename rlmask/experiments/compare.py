@@ -532,13 +532,14 @@ def _transfer_once(cfg: CompareConfig, out: Path, folder: Path, task: str, mode:
     )
     if done is None:
         return part
+    labels = [*done["checkpoints"], *missing]
     config = done["config"] | {
         "checkpoints": [*done["config"]["checkpoints"], *part["config"]["checkpoints"]],
-        "label": [*done["checkpoints"], *missing],
+        "label": labels,
     }
     merged = done | {
         "config": config,
-        "checkpoints": [*done["checkpoints"], *missing],
+        "checkpoints": labels,
         "checkpoint_info": done["checkpoint_info"] | part["checkpoint_info"],
         "results": done["results"] | part["results"],
     }
