@@ -13,7 +13,12 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 DEST="${1:-${OUT:-benchmarks/results/gpu-$(date +%F)}}"
 mkdir -p "$DEST"
-PY="${PYTHON:-python3}"
+# The Python that imports rlmask: $PYTHON, else the project's .venv (the README's set-up), else python3.
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+if ! "$PY" -c 'import rlmask, torch' 2>/dev/null; then
+  echo "gpu.sh: $PY cannot import rlmask and torch; set PYTHON to an interpreter that can (see the README)" >&2
+  exit 2
+fi
 JSONL="$DEST/gpu.jsonl"
 LOG="$DEST/gpu.log"
 : > "$JSONL"

@@ -240,11 +240,13 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         warn=False,
     )
     info = pool.info(colours=True, progress=args.progress)
+    # stdout holds the summary only (with --json: one strict JSON document); progress and warnings go to stderr
+    warnings = [f"--data {s['spec']}: {w}" for s in info["sources"] for w in s.get("warnings", [])]
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, allow_nan=False))
+        _warn_lines(warnings)
         return 0
     print(f"{info['num_classes']} classes, {info['channels']} channel(s), {info['image_size']} px")
-    warnings = []
     for source in info["sources"]:
         print(
             f"  source {source['name']}: {source['num_classes']} classes, native {source['native_shape']} "
@@ -252,15 +254,18 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         )
         for line in _source_lines(source):
             print(f"    {line}")
-        warnings += [f"--data {source['spec']}: {w}" for w in source.get("warnings", [])]
     splits = info["splits"]
     print(f"{'class':<40}" + "".join(f"{s:>8}" for s in splits))
     for name in info["classes"]:
         print(f"{name:<40}" + "".join(f"{splits[s]['per_class'].get(name, 0):>8}" for s in splits))
     print(f"{'total':<40}" + "".join(f"{splits[s]['count']:>8}" for s in splits))
-    for line in warnings:
-        print(f"warning: {line}")
+    _warn_lines(warnings)
     return 0
+
+
+def _warn_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _source_lines(source: dict) -> list[str]:

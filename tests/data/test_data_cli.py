@@ -56,7 +56,7 @@ def test_data_info_reports_layout_split_masks_and_colours(tmp_path, capsys):
     root = make_busi(tmp_path / "busi")
     write_image(root / "benign" / "benign (9).png", np.zeros((14, 14, 3), np.uint8))  # one RGB file
     assert main(["data", "info", str(root), "--no-progress", "--exclude", "*(2).png", "*.gif"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     for line in (
         "layout: class folders (seeded split)",
         "split: seeded (seed 0) from all files: test 0.2, val 0.1 -> train 7, val 3, test 3",
@@ -64,11 +64,10 @@ def test_data_info_reports_layout_split_masks_and_colours(tmp_path, capsys):
         "--exclude '*.gif': removed 0 file(s)",
         "mask-like files: 16 (left out)",
         "files: 12 grey, 1 RGB",
-        "16 file(s) look like segmentation masks",
-        "warning: --data",
-        "--exclude '*.gif' matched no file",
     ):
         assert line in out, (line, out)
+    for line in ("16 file(s) look like segmentation masks", "warning: --data", "--exclude '*.gif' matched no file"):
+        assert line in err and line not in out, (line, err)  # warnings go to stderr
     assert main(["data", "info", str(root), "--no-progress", "--json", "--seed", "2"]) == 0
     info = json.loads(capsys.readouterr().out)["sources"][0]
     assert info["split"]["seed"] == 2 and info["colours"] == {"grey": 15, "rgb": 1} and info["masks"] == 16
@@ -160,3 +159,32 @@ def test_undecodable_dicom_in_a_real_process(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: --data {root}: cannot decode DICOM file {bad} (")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JSON parsers other than Python's do."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_data_info_json_of_the_six_files_and_a_folder_is_stdout_only(shared_data, tmp_path):
+    # A real process, progress bars on: stdout must be one JSON document; progress and warnings go to stderr.
+    files = [shared_data / f"{n}.npz" for n in ("organamnist", "bloodmnist", "pneumoniamnist", "breastmnist")]
+    files += [shared_data / "retinamnist.npz", shared_data / "mednist64.npz"]
+    busi = make_busi(tmp_path / "busi")  # its masks are left out with a warning
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlmask", "data", "info", *map(str, files), str(busi), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"RLMASK_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = _strict_json(proc.stdout)
+    assert [s["name"] for s in info["sources"]][:6] == [f.stem for f in files]
+    assert info["num_classes"] == sum(s["num_classes"] for s in info["sources"])
+    assert "16 file(s) look like segmentation masks" in proc.stderr
+    assert "warning: --data" in proc.stderr and "Traceback" not in proc.stderr
