@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -42,29 +43,41 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 _ARGV: list[str] = []  # the arguments of this invocation, recorded in output folders
 
 
-def _record_command(out: str | Path, cfg=None) -> None:
-    """Check the output folder before any work (a run's: refuse a finished one unless --overwrite or
-    --resume) and keep the exact command line that wrote to it inside it (first process only)."""
+def _record_command(out: str | Path, cfg=None):
+    """Check the output folder before any work (a run's: refuse a finished one unless --overwrite, --resume or
+    --versioned) and keep the exact command line that wrote to it inside it (first process only).
+
+    Returns ``cfg`` with ``out`` set to the folder the run writes (``--versioned``: ``--out/version_N``)."""
     if cfg is not None and hasattr(cfg, "validate"):
         cfg.validate()  # a bad option is reported before anything is written
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    from rlmask.io import prepare_run_folder
+    from rlmask.io import next_version, prepare_run_folder
 
-    out = prepare_run_folder(out, overwrite=getattr(cfg, "overwrite", True), resume=bool(getattr(cfg, "resume", None)))
+    versioned = bool(getattr(cfg, "versioned", False))
+    if versioned and not getattr(cfg, "resume", None) and (Path(out) / "metrics.json").is_file():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the processes could not agree on N before they start
+            raise UserError(f"--versioned: not under torchrun; --out {out} holds a finished run, give a new --out")
+        out = next_version(Path(out))
+        cfg = dataclasses.replace(cfg, out=str(out))
+        print(f"--out holds a finished run: this run writes {out}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return cfg
+    out = prepare_run_folder(
+        out, overwrite=getattr(cfg, "overwrite", True), resume=bool(getattr(cfg, "resume", None)), versioned=versioned
+    )
     line = shlex.join(["rlmask", *_ARGV]).encode("utf-8", "surrogateescape") + b"\n"  # any bytes in paths
     try:
         with open(out / "command.txt", "ab") as fh:
             fh.write(line)
     except OSError as err:
         raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rlmask.train.loop import TrainConfig, fit
 
     cfg = resolve(TrainConfig, args, args.config)
-    _record_command(cfg.out, cfg)
+    cfg = _record_command(cfg.out, cfg)
     metrics = fit(cfg)
     _print_final(metrics, cfg.out)
     return 0
@@ -75,7 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from rlmask.train.methods import PretrainConfig, pretrain
 
     cfg = _resolve_with_agent(PretrainConfig, args)
-    _record_command(cfg.out, cfg)
+    cfg = _record_command(cfg.out, cfg)
     _print_final(pretrain(cfg), cfg.out, get_agent(cfg.method).task)
     return 0
 
@@ -115,7 +128,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from rlmask.train.methods import FinetuneConfig, finetune
 
     cfg = resolve(FinetuneConfig, args, args.config)
-    _record_command(cfg.out, cfg)
+    cfg = _record_command(cfg.out, cfg)
     _print_final(finetune(cfg), cfg.out)
     return 0
 

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -45,6 +46,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
 
 
 RUN_FILES = ("metrics.json", "log.jsonl", "last.pt", "best.pt", "heated.pt", "policy.pt", "predictions.npz")
+LOGGER_FILES = ("steps.jsonl", "steps.csv", "epochs.csv")  # and the folder tensorboard/ (rlmask.train.loggers)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -56,26 +58,39 @@ def remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
+def next_version(out: Path) -> Path:
+    """``out/version_N`` for the smallest N >= 1 whose folder does not exist yet (Lightning-style versions)."""
+    n = 1
+    while (out / f"version_{n}").exists():
+        n += 1
+    return out / f"version_{n}"
+
+
 def prepare_run_folder(
-    out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out"
+    out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out", versioned: bool = False
 ) -> Path:
-    """Check and create a run's output folder before any work, with one-line errors.
+    """Check and create a run's output folder before any work, with one-line errors; returns the folder.
 
     A path that is a file, a folder that cannot be created or written, and a folder holding a finished
     run (metrics.json) are refused; ``overwrite`` removes the finished run's files first, ``resume``
-    continues it. Temporaries left by a killed write are removed.
+    continues it, ``versioned`` writes the new run into ``out/version_N`` instead (the returned folder).
+    Temporaries left by a killed write are removed.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out}: exists and is not a folder")
+    if (out / "metrics.json").exists() and not resume and versioned and not overwrite:
+        out = next_version(out)
     if (out / "metrics.json").exists() and not resume:
         if not overwrite:
             raise UserError(
                 f"{option} {out}: holds a finished run (metrics.json); choose another {option}, "
-                "add --overwrite to replace it, or --resume to continue it"
+                "add --overwrite to replace it, --versioned to write into a version_N folder inside it, "
+                "or --resume to continue it"
             )
-        for name in RUN_FILES:
+        for name in RUN_FILES + LOGGER_FILES:
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the replaced run's event files
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}.tmp"

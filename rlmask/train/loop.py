@@ -31,6 +31,7 @@ from rlmask.errors import UserError, reason
 from rlmask.io import atomic_write_bytes, load_checkpoint, read_jsonl, save_checkpoint, to_plain, write_json, write_npz
 from rlmask.models import check_model_name, default_small_stem
 from rlmask.models.weights import load_init_weights
+from rlmask.train.loggers import LOGGERS, Loggers, check_loggers, mask_grid
 from rlmask.train.schedules import make_scheduler
 from rlmask.train.step import TrainStep
 from rlmask.train.tasks import build_task
@@ -111,6 +112,16 @@ class TrainConfig:
     )
     cache_dir: str | None = option(None, "download/index cache (default: $RLMASK_CACHE or ~/.cache/rlmask)")
     progress: bool = option(True, "show progress bars")
+    logger: list[str] = option(
+        [],
+        "experiment loggers besides log.jsonl, repeatable: jsonl (steps.jsonl), csv (epochs.csv, steps.csv), "
+        "tensorboard (tensorboard/, with a grid of masked validation images per epoch)",
+        choices=list(LOGGERS),
+    )
+    log_every: int = option(50, "steps between the loggers' step records")
+    versioned: bool = option(
+        False, "when --out holds a finished run, write this run into --out/version_N (the next free N)"
+    )
     overwrite: bool = option(False, "replace a finished run in --out (its metrics, logs and checkpoints)")
     trust_checkpoint: bool = option(
         False,
@@ -142,8 +153,10 @@ class TrainConfig:
                 "num_workers": (">=", 0),
                 "checkpoint_every": (">=", 0),
                 "val_every": (">=", 1),
+                "log_every": (">=", 1),
             },
         )
+        check_loggers(self.logger)
         if self.channels not in (None, 1, 3):
             raise UserError(f"--channels {self.channels}: must be 1 or 3")
         if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
@@ -250,6 +263,7 @@ class Run:
     config: dict  # resolved options, as written to config.json
     data_info: dict
     model_info: dict
+    loggers: Loggers = field(default_factory=lambda: Loggers([], Path(".")))  # set by fit (first process)
 
 
 @dataclass
@@ -520,7 +534,10 @@ def train_epoch(run: Run, progress: Progress) -> float:
         for x_u8, y in bar:
             theta = crops[order[progress.batch * cfg.batch_size : (progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
             x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S)
-            progress.logs.add(run.agent.train_step(run.step.begin(epoch, progress.step), x, y))
+            logs = run.agent.train_step(run.step.begin(epoch, progress.step), x, y)
+            progress.logs.add(logs)
+            if run.loggers and (progress.step + 1) % cfg.log_every == 0:
+                run.loggers.log_step(progress.step + 1, epoch, logs, run.scheduler.get_last_lr()[0])
             run.scheduler.step()
             if run.agent_scheduler is not None:
                 run.agent_scheduler.step()
@@ -534,6 +551,7 @@ def train_epoch(run: Run, progress: Progress) -> float:
                 and runtime.is_main_process()
             ):
                 save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
+                run.loggers.flush()
     finally:
         bar.close()  # before any error message, so it stands on its own line
     run.step.raise_if_diverged()
@@ -588,13 +606,40 @@ def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], 
         return
     log_lines.append(json.dumps(record))
     atomic_write_bytes(run.out / "log.jsonl", ("\n".join(log_lines) + "\n").encode())
+    run.loggers.log_epoch(record)
+    if "tensorboard" in run.cfg.logger:
+        _log_mask_grid(run, record["step"])
     state = checkpoint_state(run, progress)
     save_checkpoint(run.out / "last.pt", state)
+    run.loggers.flush()
     if improved:
         save_checkpoint(run.out / "best.pt", state)
     if run.show:
         summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("losses/", "val/")))
         tqdm.write(f"epoch {progress.epoch}/{run.cfg.epochs} ({record['train_seconds']:.1f}s): {summary}")
+
+
+GRID_IMAGES = 8  # validation images in the loggers' mask grid
+
+
+@torch.no_grad()
+def _log_mask_grid(run: Run, step: int) -> None:
+    """The agent's masks on fixed validation images (rows: image, mask, masked image), drawn from a fixed seed
+    so epochs differ only by what the agent learnt; nothing for agents without masks."""
+    val = run.pool.splits["val"]
+    index = torch.linspace(0, len(val) - 1, min(GRID_IMAGES, len(val))).long()
+    x = run.eval_aug(val.load(index).to(run.device), None)
+    was_training = run.agent.training
+    run.agent.eval()
+    try:
+        sampled = run.agent.sample_masks(x, torch.Generator().manual_seed(run.cfg.seed))
+    finally:
+        run.agent.train(was_training)
+    if not sampled or "mask" not in sampled:
+        return
+    mean = torch.as_tensor(run.eval_aug.mean, device=x.device).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(run.eval_aug.std, device=x.device).reshape(1, -1, 1, 1)
+    run.loggers.log_images("masks", mask_grid(x * std + mean, sampled["mask"]), step)
 
 
 def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
@@ -631,6 +676,7 @@ def finish(run: Run, progress: Progress, on_finish: Callable | None) -> dict:
         write_json(run.out / "metrics.json", metrics)
         if on_finish is not None:
             on_finish(run)
+    run.loggers.close()
     runtime.barrier()
     return metrics
 
@@ -662,6 +708,7 @@ def fit(
         run.out.mkdir(parents=True, exist_ok=True)
         write_json(run.out / "config.json", run.config)
         log_lines = _completed_log_lines(run.out / "log.jsonl", progress.epoch)
+        run.loggers = Loggers(cfg.logger, run.out, progress.step, progress.epoch, resumed=bool(cfg.resume))
     while progress.epoch < cfg.epochs:
         seconds = train_epoch(run, progress)
         train_logs = progress.logs.means()
