@@ -20,7 +20,7 @@ import torch
 from rlmask.agents import get_agent
 from rlmask.config import check_ranges, option
 from rlmask.errors import UserError
-from rlmask.runtime import pick_device, resolve_amp, resolve_compile
+from rlmask.runtime import pick_device, resolve_amp, resolve_channels_last, resolve_compile
 
 VARIABLE_SETTINGS = ("amp", "channels_last", "compile", "threads")
 
@@ -44,7 +44,9 @@ class BenchConfig:
     amp: bool | None = option(
         None, "bf16 autocast (default: where the device computes in bf16 natively, as in training)"
     )
-    channels_last: bool = option(True, "channels-last memory format")
+    channels_last: bool | None = option(
+        None, "channels-last memory format (default: per device and precision, as in training)"
+    )
     compile: bool | None = option(
         None, "torch.compile the classifier and the policy (default: on CUDA only, as in training)"
     )
@@ -175,9 +177,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.vary:
         if name not in VARIABLE_SETTINGS:
             raise UserError(f"--vary {name}: choose from {', '.join(VARIABLE_SETTINGS)}")
-    base = Settings(
-        resolve_amp(cfg.amp, device), cfg.channels_last, resolve_compile(cfg.compile, device), torch.get_num_threads()
-    )
+    amp = resolve_amp(cfg.amp, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device, amp)[0]
+    base = Settings(amp, channels_last, resolve_compile(cfg.compile, device), torch.get_num_threads())
     settings = {"chosen": base} | {
         f"{name}={getattr(base.flipped(name), name)}": base.flipped(name) for name in dict.fromkeys(cfg.vary)
     }

@@ -64,6 +64,23 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     return native_bf16(device) if amp is None else bool(amp)
 
 
+# Channels-last per device type and precision (bf16 autocast or not), from ``rlmask bench --vary channels_last``:
+# on this project's 2-core CPU it was 2-17% faster than contiguous for resnet10t/18/50 at 28 and 64 px in both
+# float32 and bf16 (benchmarks/results/channels-last-2026-12-06.jsonl); on CUDA it is the layout cuDNN's
+# convolutions prefer. A machine where contiguous wins: --no-channels-last, after measuring with bench.
+CHANNELS_LAST = {("cpu", False): True, ("cpu", True): True, ("cuda", False): True, ("cuda", True): True}
+
+
+def resolve_channels_last(flag: bool | None, device: torch.device, amp: bool) -> tuple[bool, str]:
+    """A ``--channels-last/--no-channels-last`` choice (None: the default for the device and precision) and
+    the reason, for config.json."""
+    precision = "bf16" if amp else "float32"
+    if flag is not None:
+        return bool(flag), "set by --channels-last/--no-channels-last"
+    chosen = CHANNELS_LAST.get((device.type, bool(amp)), True)
+    return chosen, f"default for {device.type} in {precision}: {'channels-last' if chosen else 'contiguous'}"
+
+
 def resolve_compile(compile: bool | None, device: torch.device) -> bool:
     """A ``--compile/--no-compile`` choice, None meaning: on CUDA only (on the CPU it did not pay, see the README)."""
     return device.type == "cuda" if compile is None else bool(compile)

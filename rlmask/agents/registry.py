@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rlmask.agents.base import MaskAgent
 from rlmask.errors import UserError
+from rlmask.io import to_plain
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,23 @@ def owner_of(option_name: str) -> list[str]:
         for s in AGENTS.values()
         if not s.presets and s.options is not None and option_name in {f.name for f in dataclasses.fields(s.options)}
     ]
+
+
+def same_agent_options(method: str | None, old: dict | None, new: dict | None) -> bool:
+    """Whether a run recorded with agent options ``old`` (config.json) had the options ``new``.
+
+    An option that ``old`` lacks was added to rlmask after that run: it counts as the same when ``new`` holds
+    its default, which is what the run used. Runs recorded before an option existed stay resumable and reusable.
+    """
+    old, new = dict(old or {}), dict(new or {})
+    spec = AGENTS.get(method or "")
+    if spec is not None and spec.options is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(spec.options) if f.default is not dataclasses.MISSING}
+        defaults |= {
+            f.name: f.default_factory()
+            for f in dataclasses.fields(spec.options)
+            if f.default_factory is not dataclasses.MISSING
+        }
+        defaults = to_plain(defaults | dict(spec.presets))
+        new = {k: v for k, v in new.items() if k in old or k not in defaults or v != defaults[k]}
+    return old == new

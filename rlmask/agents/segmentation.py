@@ -92,6 +92,13 @@ class APGAOptions:
         "'sample': one reward per image; 'batch': the batch mean, as the reference",
         choices=["sample", "batch"],
     )
+    clean_loss: str = option(
+        "eval",
+        "L0 of the reward r = CE(x_adv) - L0: 'eval' (the clean loss of the stepped classifier in eval mode, in the "
+        "reward's forward pass) or 'step' (the clean step's training-mode loss, as the reference: one forward of "
+        "B images fewer per batch)",
+        choices=["eval", "step"],
+    )
     baseline_decay: float = option(0.5, "running reward baseline b = decay*b + (1-decay)*mean(r) (reference 0.5)")
     pg_coef: float = option(100.0, "reference policy: weight of R*BCE(p, M), the policy-gradient term (reference 100)")
     zero_coef: float = option(
@@ -112,7 +119,10 @@ class APGAOptions:
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first option that is out of range."""
-        _check_choices(self, ("agent_encoder", "agent_policy", "reward_reduction", "agent_optimizer", "agent_schedule"))
+        _check_choices(
+            self,
+            ("agent_encoder", "agent_policy", "clean_loss", "reward_reduction", "agent_optimizer", "agent_schedule"),
+        )
         _check_ranges(
             [
                 (
@@ -227,7 +237,8 @@ class APGAAgent(_SeededAgent):
         cfg = self.cfg
         # (1) The clean classifier step.
         with ctx.autocast():
-            ce = ctx.loss(x, y).mean()
+            ce_step = ctx.loss(x, y)  # (B,)
+            ce = ce_step.mean()
         ctx.update(ce, agent=False)
 
         # (2) The adversarial mask, its reward from the classifier in eval mode, the agent step.
@@ -245,11 +256,13 @@ class APGAAgent(_SeededAgent):
         was_training = ctx.model.training
         ctx.model.eval()
         try:
-            with torch.no_grad(), ctx.autocast():  # one forward of [x; x_adv]: eval mode has no batch coupling
-                ce_both = ctx.loss(torch.cat([x, x_adv]), torch.cat([y, y])).float()  # (2B,)
+            with torch.no_grad(), ctx.autocast():
+                if cfg.clean_loss == "eval":  # one forward of [x; x_adv]: eval mode has no batch coupling
+                    ce_clean, ce_adv = ctx.loss(torch.cat([x, x_adv]), torch.cat([y, y])).float().chunk(2)  # (B,) each
+                else:  # the reference's L0: the clean step's own per-sample loss, before that step
+                    ce_clean, ce_adv = ce_step.detach().float(), ctx.loss(x_adv, y).float()
         finally:
             ctx.model.train(was_training)
-        ce_clean, ce_adv = ce_both.chunk(2)
         r = ce_adv - ce_clean  # (B,) how much removing the mask hurts
         area = remove.float().flatten(1).mean(1)  # (B,) fraction of pixels removed
         reward = r
@@ -332,9 +345,10 @@ register_preset(
     "apga-reference",
     "apga",
     reward_reduction="batch",
+    clean_loss="step",
     agent_lr=1e-5,
     agent_encoder="vgg11",
-    summary="APGA with the reference's batch reward, agent lr 1e-5 and VGG-11 U-Net",
+    summary="APGA with the reference's batch reward and clean loss, agent lr 1e-5 and VGG-11 U-Net",
 )
 register_preset(
     "apga-bernoulli",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rlmask.agents import AGENTS, get_agent
+from rlmask.agents.registry import same_agent_options
 from rlmask.config import coerce_all, option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, build_pool
 from rlmask.data.options import DataOptions
@@ -218,6 +219,10 @@ def _claim(folder: Path):
         yield
 
 
+def _same_agent(old: dict, new: dict) -> bool:
+    return same_agent_options(new.get("method"), old.get("agent"), new.get("agent"))
+
+
 def _run_once(run, run_cfg) -> dict:
     """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present.
 
@@ -228,7 +233,13 @@ def _run_once(run, run_cfg) -> dict:
     with _claim(out):
         if (out / "config.json").is_file():
             old, new = read_json(out / "config.json", "--out: sub-run"), to_plain(run_cfg)
-            changed = [k for k in REUSE_KEYS if new.get(k) is not None and k in old and old[k] != new[k]]
+            changed = [
+                k
+                for k in REUSE_KEYS
+                if new.get(k) is not None
+                and k in old
+                and not (_same_agent(old, new) if k == "agent" else old[k] == new[k])
+            ]
             if changed:
                 raise UserError(
                     f"--out: {out} holds a run with other options ({', '.join(changed)}); choose another --out or delete it"

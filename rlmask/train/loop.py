@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rlmask import runtime
 from rlmask.agents.base import AgentOptimizer, MaskAgent
+from rlmask.agents.registry import same_agent_options
 from rlmask.config import check_ranges, option
 from rlmask.data import DEFAULT_MEAN, DEFAULT_STD, Augment, BatchLoader, Pool, build_pool
 from rlmask.data.options import DataOptions, data_option
@@ -94,8 +95,10 @@ class TrainConfig:
     )
     sync_bn: bool = option(False, "batch-norm statistics over the global batch under torchrun (SyncBatchNorm)")
     compile: bool | None = option(None, "torch.compile the classifier and the agent's networks (default: on CUDA only)")
-    channels_last: bool = option(
-        True, "channels-last memory format for the networks and batches (faster on CPU and GPU)"
+    channels_last: bool | None = option(
+        None,
+        "channels-last memory format for the networks and batches (default: per device and precision, "
+        "recorded in config.json; channels-last on CPU and CUDA in float32 and bf16, as measured)",
     )
     small_stem: bool | None = option(
         None, "stride-1 stem without max-pool for small images (default: on for built-in models at <= 32 px)"
@@ -320,7 +323,8 @@ def build_run(
     agent = make_agent(pool)
     if cfg.init:
         load_init_weights(model, cfg.init, trust=cfg.trust_checkpoint)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    channels_last, channels_last_reason = runtime.resolve_channels_last(cfg.channels_last, device, amp)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     agent.to(device, memory_format=memory_format)
 
@@ -392,6 +396,8 @@ def build_run(
             "world_size": world,
             "steps_per_epoch": steps_per_epoch,
             "amp": amp,
+            "channels_last": channels_last,
+            "channels_last_reason": channels_last_reason,
             "agent_resolved": agent.resolved_config(),
             "mean": mean,
             "std": std,
@@ -454,6 +460,8 @@ def restore(run: Run, path: str) -> Progress:
     ckpt = load_checkpoint(path, "--resume", run.cfg.trust_checkpoint)
     old = ckpt.get("config", {})
     for key in RESUME_KEYS:
+        if key == "agent" and same_agent_options(run.config.get("method"), old.get(key), run.config.get(key)):
+            continue
         if key in old and old.get(key) != run.config.get(key):
             raise UserError(
                 f"--resume {path}: checkpoint was made with {key}={old.get(key)!r}, "

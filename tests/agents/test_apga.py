@@ -88,6 +88,52 @@ def test_one_step_is_three_updates_in_the_reference_order_with_the_baseline_from
     assert AGENTS["apga-reference"].make_options().agent_lr == 1e-5
 
 
+class RecordingStep(TrainStep):
+    """A TrainStep that records each loss call: (batch size, train mode, per-sample losses)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.losses = []
+
+    def loss(self, *inputs, **kwargs):
+        out = super().loss(*inputs, **kwargs)
+        self.losses.append((inputs[0].shape[0], self.model.training, out.detach().float().clone()))
+        return out
+
+
+def _one_apga_step(clean_loss: str):
+    """One seeded APGA step on a tiny classifier: its logs and the step context's recorded loss calls."""
+    task = build_task("classify")
+    torch.manual_seed(0)
+    model = task.build_model("resnet10t", 2, 1, small_stem=True)
+    agent = AGENTS["apga"].build(16, 1, seed=0, options={"agent_channels": [4, 8], "clean_loss": clean_loss})
+    opt = make_optimizer(model.parameters(), "sgd", 0.01, 0.9, 0)
+    o = agent.optimizer_options()
+    agent_opt = make_optimizer(agent.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay)
+    ctx = RecordingStep(model, task.loss, opt, agent, agent_opt, device=torch.device("cpu"), total_steps=2)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 1, 16, 16, generator=g), torch.tensor([0, 1, 0, 1])
+    return agent.train_step(ctx.begin(0, 0), x, y), ctx.losses
+
+
+def test_reference_clean_loss_is_the_clean_steps_own_loss_and_saves_a_forward():
+    eval_logs, eval_calls = _one_apga_step("eval")
+    step_logs, step_calls = _one_apga_step("step")
+    # eval: clean step (B, train), reward forward of [x; x_adv] (2B, eval), kept step (B, train)
+    assert [(n, train) for n, train, _ in eval_calls] == [(4, True), (8, False), (4, True)]
+    clean_eval, adv_eval = eval_calls[1][2].chunk(2)
+    assert eval_logs["policy/reward"].item() == pytest.approx((adv_eval - clean_eval).mean().item(), abs=1e-6)
+    # step: the reward's forward holds x_adv alone; L0 is the clean step's per-sample loss (the reference's)
+    assert [(n, train) for n, train, _ in step_calls] == [(4, True), (4, False), (4, True)]
+    assert torch.equal(step_calls[0][2], eval_calls[0][2])  # the same clean step
+    # the same adversarial images through the same stepped classifier (a batch of B instead of 2B: kernels may differ)
+    assert torch.allclose(step_calls[1][2], adv_eval, atol=1e-4)
+    assert step_logs["policy/reward"].item() == pytest.approx((adv_eval - step_calls[0][2]).mean().item(), abs=1e-6)
+    assert AGENTS["apga-reference"].make_options().clean_loss == "step"
+    assert AGENTS["apga"].make_options().clean_loss == "eval"
+
+
 # ---------------------------------------------------------------------------------------------
 # The toy region test
 # ---------------------------------------------------------------------------------------------
