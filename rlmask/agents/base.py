@@ -26,6 +26,23 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from rlmask.agents.augment import AUGMENTS, check_augment
+from rlmask.config import option
+
+
+@dataclass
+class AgentCommon:
+    """Options every registered agent has: its options dataclass derives from this one."""
+
+    augment: str = option(
+        "none",
+        "batch augmentation of every training batch before the agent's step: " + ", ".join(AUGMENTS),
+        choices=list(AUGMENTS),
+    )
+
+    def validate_common(self) -> None:
+        check_augment(self.augment)
+
 
 @dataclass
 class AgentOptimizer:
@@ -73,6 +90,10 @@ class MaskAgent(nn.Module):
     """Base class of masking agents. Itself the plain method: no mask, one update per batch."""
 
     name = "plain"
+    augment = "none"  # the batch augmentation the loop applies before train_step (AgentCommon.augment)
+
+    def __init__(self, cfg: AgentCommon | None = None, image_size: int = 0, in_chans: int = 0, seed: int = 0):
+        super().__init__()
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One training batch: x (B, C, H, W) normalised images on the device, y (B,) targets.

@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributions import Beta
 
 from rlmask import runtime
-from rlmask.agents.base import AgentOptimizer, EvalView, MaskAgent
+from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView, MaskAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
 from rlmask.errors import UserError
@@ -51,7 +51,7 @@ def _check_choices(options, names: tuple[str, ...]) -> None:
 
 
 @dataclass
-class MaskGeometry:
+class MaskGeometry(AgentCommon):
     """Options of the smooth grid masks shared by PGNM and the random-mask ablation."""
 
     grid: int | None = option(None, "mask grid side G (None: round(64*S/224), at least 4)")
@@ -682,7 +682,7 @@ class RandomMaskAgent(_SeededAgent):
 
 
 @dataclass
-class GaussianNoiseOptions:
+class GaussianNoiseOptions(AgentCommon):
     """Options of the Gaussian-noise baseline."""
 
     # Images are normalised with std 0.3213, so 0.3 normalised units is about 0.1 of the [0, 1] intensity

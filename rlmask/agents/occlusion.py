@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmask.agents.base import AgentOptimizer
+from rlmask.agents.base import AgentCommon, AgentOptimizer
 from rlmask.agents.noise import _check_choices, _SeededAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
@@ -51,7 +51,7 @@ from rlmask.models.unet import CONTEXT_CHANNELS, _double_conv
 # Options
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class ContextOptions:
+class ContextOptions(AgentCommon):
     """Options of the Intelligent Masking agent (and, through ``task_options``, of its reconstruct task)."""
 
     masking: str = option(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rlmask.agents.base import MaskAgent
+from rlmask.agents.base import AgentCommon, MaskAgent
 from rlmask.errors import UserError
 from rlmask.io import to_plain
 
@@ -47,6 +47,8 @@ class AgentSpec:
             flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
             raise UserError(f"--method {self.name}: {flags} is not an option of this method")
         options = self.options(**merged)
+        if isinstance(options, AgentCommon):
+            options.validate_common()
         if hasattr(options, "validate"):
             options.validate()
         return options
@@ -60,10 +62,15 @@ class AgentSpec:
         opts = self.make_options(options)
         if self.options is None:
             return self.cls()
-        return self.cls(opts, image_size, in_chans, seed=seed)
+        agent = self.cls(opts, image_size, in_chans, seed=seed)
+        if isinstance(opts, AgentCommon):
+            agent.augment = opts.augment
+        return agent
 
 
-AGENTS: dict[str, AgentSpec] = {"plain": AgentSpec("plain", MaskAgent, summary="no mask: plain training")}
+AGENTS: dict[str, AgentSpec] = {
+    "plain": AgentSpec("plain", MaskAgent, options=AgentCommon, summary="no mask: plain training")
+}
 
 
 def register_agent(
@@ -102,6 +109,17 @@ def register_preset(name: str, base: str, *, in_default_comparison: bool = False
         in_default_comparison=in_default_comparison,
         summary=summary or f"{base} with " + ", ".join(f"{k}={v}" for k, v in values.items()),
     )
+
+
+# The baselines a user would pick instead of a masking agent: plain training with a batch augmentation
+# (rlmask.agents.augment). Every agent takes the same --augment, to run on top of one.
+for _name, _summary in (
+    ("trivialaugment", "TrivialAugment (kornia): one random operation of random magnitude per image group"),
+    ("randaugment", "RandAugment (kornia): two operations at magnitude 10"),
+    ("mixup", "Mixup: convex combinations of image pairs and their labels, Beta(0.2, 0.2)"),
+    ("cutmix", "CutMix: a box of another image pasted in, labels mixed by area, Beta(1, 1)"),
+):
+    register_preset(_name, "plain", summary=_summary, augment=_name)
 
 
 def unregister(name: str) -> None:

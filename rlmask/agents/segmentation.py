@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmask.agents.base import AgentOptimizer, EvalView
+from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView
 from rlmask.agents.noise import _check_choices, _SeededAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
@@ -69,7 +69,7 @@ def _check_ranges(checks: list[tuple[str, bool, str]], options) -> None:
 # Options
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class APGAOptions:
+class APGAOptions(AgentCommon):
     """Options of the APGA agent. Coefficients default to the reference's values."""
 
     agent_encoder: str = option(
@@ -362,7 +362,7 @@ register_preset(
 # Baseline: Cutout / random erasing
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class CutoutOptions:
+class CutoutOptions(AgentCommon):
     """Options of the Cutout (random erasing) baseline: the usual random-erasing parameters."""
 
     p: float = option(0.5, "probability that an image gets a rectangle erased")
@@ -472,7 +472,7 @@ class CutoutAgent(_TwoStepBaseline):
 # Baseline: Grad-CAM-guided masking with a frozen plain model
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class GradCAMOptions:
+class GradCAMOptions(AgentCommon):
     """Options of the Grad-CAM masking baseline."""
 
     gradcam_from: str | None = option(

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rlmask import runtime
+from rlmask.agents.augment import augment_batch, batch_seed
 from rlmask.agents.base import AgentOptimizer, MaskAgent
 from rlmask.agents.registry import same_agent_options
 from rlmask.config import check_ranges, option
@@ -542,6 +543,17 @@ def train_epoch(run: Run, progress: Progress) -> float:
         for x_u8, y in bar:
             theta = crops[order[progress.batch * cfg.batch_size : (progress.batch + 1) * cfg.batch_size]]  # (B, 2, 3)
             x = run.train_aug(x_u8, theta=theta).contiguous(memory_format=run.memory_format)  # (B, C, S, S)
+            if run.agent.augment != "none":  # the agent's batch augmentation (mixup/cutmix: y becomes (B, K))
+                x, y = augment_batch(
+                    run.agent.augment,
+                    x,
+                    y,
+                    num_classes=len(run.pool.classes),
+                    seed=batch_seed(cfg.seed, progress.step),
+                    mean=run.train_aug.mean,
+                    std=run.train_aug.std,
+                )
+                x = x.contiguous(memory_format=run.memory_format)
             logs = run.agent.train_step(run.step.begin(epoch, progress.step), x, y)
             progress.logs.add(logs)
             if run.loggers and (progress.step + 1) % cfg.log_every == 0:
