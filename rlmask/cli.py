@@ -88,6 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from rlmask.train.methods import PretrainConfig, pretrain
 
     cfg = _resolve_with_agent(PretrainConfig, args)
+    get_agent(cfg.method).make_options(cfg.agent)  # a bad agent option is reported before --out is touched
     cfg = _record_command(cfg.out, cfg)
     _print_final(pretrain(cfg), cfg.out, get_agent(cfg.method).task)
     return 0

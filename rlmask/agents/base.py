@@ -19,6 +19,7 @@ An agent whose whole step is one loss only overrides :meth:`MaskAgent.training_l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,9 @@ from torch import nn
 
 from rlmask.agents.augment import AUGMENTS, check_augment
 from rlmask.config import option
+from rlmask.errors import UserError
+
+MASK_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -40,8 +44,37 @@ class AgentCommon:
         choices=list(AUGMENTS),
     )
 
+    mask_schedule: str = option(
+        "constant",
+        "strength of the agent's masking over training: constant, or annealed from full to none by the end: "
+        "linear, cosine (masks, noise and erasures are blended with the clean image by the strength)",
+        choices=list(MASK_SCHEDULES),
+    )
+
     def validate_common(self) -> None:
         check_augment(self.augment)
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise UserError(f"--mask-schedule {self.mask_schedule}: choose from {', '.join(MASK_SCHEDULES)}")
+
+
+def mask_strength(schedule: str, progress: float) -> float:
+    """The masking strength in [0, 1] at ``progress`` (fraction of training done): 1 throughout (constant), or
+    annealed from 1 to 0: linearly, or along a half cosine."""
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def blend(x: torch.Tensor, x_masked: torch.Tensor, strength: float) -> torch.Tensor:
+    """``x + strength (x_masked - x)``: the masked input at partial strength (``x_masked`` itself at 1)."""
+    return x_masked if strength >= 1.0 else x + strength * (x_masked - x)
+
+
+def soften(keep: torch.Tensor, strength: float) -> torch.Tensor:
+    """Keep-weights in [0, 1] at partial strength: ``1 - strength (1 - keep)`` (``keep`` itself at 1)."""
+    return keep if strength >= 1.0 else 1.0 - strength * (1.0 - keep)
 
 
 @dataclass
@@ -91,6 +124,8 @@ class MaskAgent(nn.Module):
 
     name = "plain"
     augment = "none"  # the batch augmentation the loop applies before train_step (AgentCommon.augment)
+    mask_schedule = "constant"  # AgentCommon.mask_schedule
+    strength = 1.0  # the masking strength of the step in progress (set at the start of train_step)
 
     def __init__(self, cfg: AgentCommon | None = None, image_size: int = 0, in_chans: int = 0, seed: int = 0):
         super().__init__()
@@ -102,10 +137,15 @@ class MaskAgent(nn.Module):
         tensors only, so the loop never waits for the device inside a step. The default runs
         :meth:`training_loss` under autocast and makes one update of every network.
         """
+        self.strength = self.mask_strength(ctx)
         with ctx.autocast():
             loss, logs = self.training_loss(x, y, ctx.loss)
         ctx.update(loss)
         return logs
+
+    def mask_strength(self, ctx: StepContext) -> float:
+        """The strength of this step's masking from ``mask_schedule`` and ``ctx.progress``."""
+        return mask_strength(self.mask_schedule, ctx.progress)
 
     def training_loss(
         self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor]

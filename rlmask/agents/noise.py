@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributions import Beta
 
 from rlmask import runtime
-from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView, MaskAgent
+from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView, MaskAgent, soften
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
 from rlmask.errors import UserError
@@ -484,6 +484,7 @@ class NoiseMaskAgent(_SeededAgent):
         ``ctx.update`` leaves the gradients in place until the next update zeroes them, so the norms cost
         one fused norm per network and no second backward. The classifier's is the norm after clipping.
         """
+        self.strength = self.mask_strength(ctx)
         with ctx.autocast():
             loss, logs = self.training_loss(x, y, ctx.loss)
         ctx.update(loss)
@@ -498,7 +499,7 @@ class NoiseMaskAgent(_SeededAgent):
         dist = self.policy.distribution(log_alpha, log_beta)
         cells = sample_cells(dist, self.rng(x.device))  # (B, G*G), sampled: no gradient reaches the mask
         mask = self.render(cells, x.shape[-2:])  # (B, 1, H, W)
-        ce = loss_fn(apply_mask(x, mask), y).float()  # (B,)
+        ce = loss_fn(apply_mask(x, soften(mask, self.strength)), y).float()  # (B,) at this step's strength
         # (B, G*G) each; the entropy needs a gradient only when it is part of the objective
         log_prob, entropy = beta_log_prob_and_entropy(dist, cells, entropy_grad=cfg.entropy_coef > 0)
         sign = -1.0 if cfg.policy_sign == "cooperative" else 1.0
@@ -665,7 +666,7 @@ class RandomMaskAgent(_SeededAgent):
 
     def training_loss(self, x, y, loss_fn):
         mask = self._mask(x.shape[0], x.shape[-2:], self.rng(x.device), x.device)  # (B, 1, H, W)
-        ce = loss_fn(apply_mask(x, mask), y).mean()
+        ce = loss_fn(apply_mask(x, soften(mask, self.strength)), y).mean()
         return ce, {"losses/ce": ce.detach(), "policy/mask_mean": mask.mean().detach()}
 
     @torch.no_grad()
@@ -705,7 +706,7 @@ class GaussianNoiseAgent(_SeededAgent):
 
     def training_loss(self, x, y, loss_fn):
         noise = torch.randn(x.shape, generator=self.rng(x.device), device=x.device, dtype=x.dtype)  # (B, C, H, W)
-        ce = loss_fn(x + self.cfg.noise_std * noise, y).mean()
+        ce = loss_fn(x + (self.cfg.noise_std * self.strength) * noise, y).mean()
         return ce, {"losses/ce": ce.detach()}
 
     def resolved_config(self) -> dict:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmask.agents.base import AgentCommon, AgentOptimizer
+from rlmask.agents.base import AgentCommon, AgentOptimizer, blend
 from rlmask.agents.noise import _check_choices, _SeededAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
@@ -298,6 +298,7 @@ class ContextMaskingAgent(_SeededAgent):
 
         # 1. the reconstructor inpaints the hidden blocks
         x_masked, target, hidden = self.hide(x, actions)  # (B*M, ...)
+        x_masked = blend(target, x_masked, self.mask_strength(ctx))  # --mask-schedule
         out = {}
         with ctx.autocast():
             errors = ctx.loss(x_masked, target=target, mask=hidden, out=out)  # (B*M,)

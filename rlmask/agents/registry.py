@@ -49,6 +49,8 @@ class AgentSpec:
         options = self.options(**merged)
         if isinstance(options, AgentCommon):
             options.validate_common()
+            if options.mask_schedule != "constant" and self.cls is MaskAgent:
+                raise UserError(f"--mask-schedule {options.mask_schedule}: method {self.name} has no masking to anneal")
         if hasattr(options, "validate"):
             options.validate()
         return options
@@ -64,7 +66,7 @@ class AgentSpec:
             return self.cls()
         agent = self.cls(opts, image_size, in_chans, seed=seed)
         if isinstance(opts, AgentCommon):
-            agent.augment = opts.augment
+            agent.augment, agent.mask_schedule = opts.augment, opts.mask_schedule
         return agent
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView
+from rlmask.agents.base import AgentCommon, AgentOptimizer, EvalView, blend
 from rlmask.agents.noise import _check_choices, _SeededAgent
 from rlmask.agents.registry import register_agent, register_preset
 from rlmask.config import option
@@ -252,7 +252,8 @@ class APGAAgent(_SeededAgent):
         else:
             action = (prob.detach() > cfg.threshold).float()  # the reference's deterministic action
             remove = action > 0.5
-        x_adv = remove_pixels(x, remove)
+        strength = self.mask_strength(ctx)  # --mask-schedule
+        x_adv = blend(x, remove_pixels(x, remove), strength)
         was_training = ctx.model.training
         ctx.model.eval()
         try:
@@ -283,7 +284,7 @@ class APGAAgent(_SeededAgent):
 
         # (3) The classifier step on the kept image, masked by the updated agent (as the reference).
         dropped = self.keep_mask(x)  # (B, 1, H, W)
-        x_keep = remove_pixels(x, dropped)
+        x_keep = blend(x, remove_pixels(x, dropped), strength)
         with ctx.autocast():
             ce_keep = ctx.loss(x_keep, y).mean()
         ctx.update(ce_keep, agent=False)
@@ -441,7 +442,7 @@ class _TwoStepBaseline(_SeededAgent):
             logs["losses/ce"] = ce.detach()
         remove = self.removed(x, self.rng(x.device)).to(x.device)
         with ctx.autocast():
-            ce_aug = ctx.loss(remove_pixels(x, remove), y).mean()
+            ce_aug = ctx.loss(blend(x, remove_pixels(x, remove), self.mask_strength(ctx)), y).mean()
         ctx.update(ce_aug, agent=False)
         return logs | {"losses/ce_masked": ce_aug.detach(), "policy/removed_area": remove.float().mean()}
 

@@ -62,7 +62,8 @@ def test_every_agent_takes_augment_and_the_presets_are_plain_with_one():
     for name in ("trivialaugment", "randaugment", "mixup", "cutmix"):
         assert AGENTS[name].presets == {"augment": name} and AGENTS[name].cls is AGENTS["plain"].cls
     for name, spec in AGENTS.items():
-        assert spec.make_options({"augment": "mixup"}).augment == "mixup", name
+        if spec.cls.__module__.startswith("rlmask."):  # rlmask's own agents (tests register toy ones too)
+            assert spec.make_options({"augment": "mixup"}).augment == "mixup", name
 
 
 def test_mixup_run_is_seeded_and_an_agent_runs_on_top_of_one(tmp_path):
@@ -76,10 +77,14 @@ def test_mixup_run_is_seeded_and_an_agent_runs_on_top_of_one(tmp_path):
     assert config["agent"]["augment"] == "cutmix"
 
 
-def test_unknown_augment_is_one_line(capsys):
-    assert main(["pretrain", "--method", "pgnm", "--augment", "autoaugment", *TINY, "--out", "unused"]) == 2
+def test_unknown_augment_is_one_line(tmp_path, capsys):
+    assert (
+        main(["pretrain", "--method", "pgnm", "--augment", "autoaugment", *TINY, "--out", str(tmp_path / "unused")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--augment" in err and err.count("\n") == 1
+    assert not (tmp_path / "unused").exists()
 
 
 def test_trivialaugment_run_resumes_exactly(sigkill_resume):

@@ -87,7 +87,7 @@ def test_versioned_out_and_its_error(tmp_path, capsys):
     assert (out / "metrics.json").is_file()  # the first run is untouched
 
 
-def test_unknown_logger_is_one_line(capsys):
-    assert main(["train", *TINY, "--logger", "wandb", "--out", "unused"]) == 2
+def test_unknown_logger_is_one_line(tmp_path, capsys):
+    assert main(["train", *TINY, "--logger", "wandb", "--out", str(tmp_path / "unused")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--logger" in err and "wandb" in err and err.count("\n") == 1
