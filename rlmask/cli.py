@@ -61,9 +61,7 @@ def _record_command(out: str | Path, cfg=None):
         print(f"--out holds a finished run: this run writes {out}", file=sys.stderr)
     if int(os.environ.get("RANK", "0")) != 0:
         return cfg
-    out = prepare_run_folder(
-        out, overwrite=getattr(cfg, "overwrite", True), resume=bool(getattr(cfg, "resume", None)), versioned=versioned
-    )
+    out = prepare_run_folder(out, overwrite=getattr(cfg, "overwrite", True), resume=bool(getattr(cfg, "resume", None)))
     line = shlex.join(["rlmask", *_ARGV]).encode("utf-8", "surrogateescape") + b"\n"  # any bytes in paths
     try:
         with open(out / "command.txt", "ab") as fh:

@@ -67,20 +67,17 @@ def next_version(out: Path) -> Path:
 
 
 def prepare_run_folder(
-    out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out", versioned: bool = False
+    out: str | Path, *, overwrite: bool = False, resume: bool = False, option: str = "--out"
 ) -> Path:
     """Check and create a run's output folder before any work, with one-line errors; returns the folder.
 
     A path that is a file, a folder that cannot be created or written, and a folder holding a finished
     run (metrics.json) are refused; ``overwrite`` removes the finished run's files first, ``resume``
-    continues it, ``versioned`` writes the new run into ``out/version_N`` instead (the returned folder).
-    Temporaries left by a killed write are removed.
+    continues it (``--versioned`` picks ``next_version`` before). Temporaries left by a killed write are removed.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out}: exists and is not a folder")
-    if (out / "metrics.json").exists() and not resume and versioned and not overwrite:
-        out = next_version(out)
     if (out / "metrics.json").exists() and not resume:
         if not overwrite:
             raise UserError(

@@ -21,6 +21,7 @@ without mixing keeps its integer labels, so ``--augment none`` changes nothing.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rlmask import runtime
@@ -94,12 +95,9 @@ def augment_batch(
 
 
 def _beta(alpha: float, generator: torch.Generator) -> float:
-    """One Beta(alpha, alpha) draw from ``generator``: X / (X + Y) with X, Y ~ Gamma(alpha), each by inverting
-    the regularised incomplete gamma function (scipy) at a uniform drawn from ``generator``."""
-    from scipy.special import gammaincinv
-
-    x, y = (float(gammaincinv(alpha, float(u))) for u in torch.rand(2, generator=generator, dtype=torch.float64))
-    return x / (x + y) if x + y > 0 else 0.5
+    """One Beta(alpha, alpha) draw: numpy's sampler, seeded from ``generator`` (torch has no seeded Beta)."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 def batch_seed(seed: int, step: int) -> int:

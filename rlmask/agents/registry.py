@@ -154,12 +154,6 @@ def same_agent_options(method: str | None, old: dict | None, new: dict | None) -
     old, new = dict(old or {}), dict(new or {})
     spec = AGENTS.get(method or "")
     if spec is not None and spec.options is not None:
-        defaults = {f.name: f.default for f in dataclasses.fields(spec.options) if f.default is not dataclasses.MISSING}
-        defaults |= {
-            f.name: f.default_factory()
-            for f in dataclasses.fields(spec.options)
-            if f.default_factory is not dataclasses.MISSING
-        }
-        defaults = to_plain(defaults | dict(spec.presets))
+        defaults = to_plain(spec.make_options())  # the preset's values over the dataclass's defaults
         new = {k: v for k, v in new.items() if k in old or k not in defaults or v != defaults[k]}
     return old == new

@@ -639,16 +639,22 @@ def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], 
         tqdm.write(f"epoch {progress.epoch}/{run.cfg.epochs} ({record['train_seconds']:.1f}s): {summary}")
 
 
-GRID_IMAGES = 8  # validation images in the loggers' mask grid
+FIGURE_IMAGES = 8  # validation images in the agent's figures and the loggers' mask grid
+
+
+def figure_images(run: Run) -> torch.Tensor:
+    """(n, C, S, S) normalised: ``FIGURE_IMAGES`` validation images evenly spread over the split, the same in
+    every epoch and run of the pool."""
+    val = run.pool.splits["val"]
+    index = torch.linspace(0, len(val) - 1, min(FIGURE_IMAGES, len(val))).long()
+    return run.eval_aug(val.load(index).to(run.device), None)
 
 
 @torch.no_grad()
 def _log_mask_grid(run: Run, step: int) -> None:
     """The agent's masks on fixed validation images (rows: image, mask, masked image), drawn from a fixed seed
     so epochs differ only by what the agent learnt; nothing for agents without masks."""
-    val = run.pool.splits["val"]
-    index = torch.linspace(0, len(val) - 1, min(GRID_IMAGES, len(val))).long()
-    x = run.eval_aug(val.load(index).to(run.device), None)
+    x = figure_images(run)
     was_training = run.agent.training
     run.agent.eval()
     try:

@@ -21,7 +21,7 @@ from rlmask.data import BatchLoader
 from rlmask.errors import UserError
 from rlmask.io import read_jsonl, save_checkpoint, to_plain, write_json
 from rlmask.models.weights import init_architecture
-from rlmask.train.loop import Run, TrainConfig, fit
+from rlmask.train.loop import Run, TrainConfig, figure_images, fit
 
 
 @dataclass
@@ -58,9 +58,6 @@ class FinetuneConfig(TrainConfig):
     out: str = option("runs/finetune", "output directory", metavar="DIR")
 
 
-FIGURE_IMAGES = 8  # validation images in the agent's end-of-run figures
-
-
 def export_heated(run: Run) -> None:
     """heated.pt: what the task exports (the classifier for classify, the encoder for reconstruct);
     policy.pt: the agent's state; the agent's own figures of a few validation images (``write_figures``);
@@ -68,9 +65,7 @@ def export_heated(run: Run) -> None:
     run.task.export(run.model, run.out)
     if run.agent.state_dict():
         save_checkpoint(run.out / "policy.pt", {"agent": run.agent.state_dict(), "config": run.agent.resolved_config()})
-    val = run.pool.splits["val"]
-    index = torch.linspace(0, len(val) - 1, min(FIGURE_IMAGES, len(val))).long()
-    x = run.eval_aug(val.load(index).to(run.device), None)  # (n, C, S, S) normalised
+    x = figure_images(run)  # (n, C, S, S) normalised
     run.agent.write_figures(run.model, x, run.out, run.eval_aug.mean, run.eval_aug.std)
     if hasattr(run.agent, "drift_from_untrained"):
         write_policy_summary(run)
