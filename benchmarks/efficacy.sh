@@ -3,6 +3,14 @@
 # in-domain and on an unseen source, and does the gap change with the budget? CPU-hours; never in CI.
 #
 #   bash benchmarks/efficacy.sh [short|long|leave-out|all] [OUT]     (default: all, runs/efficacy)
+#   bash benchmarks/efficacy.sh regime [OUT [--sources pair pool] [--sizes 10 25 50 100] [--passes 1 2 3]]
+#
+# `regime` (issue 24; CPU-days, so not part of `all`) is benchmarks/efficacy_regime.py: at 10, 25, 50 and 100
+# images per class on the six-file pool and on BreastMNIST + PneumoniaMNIST, a plain pilot finds the epoch
+# where plain training peaks, then one comparison per regime at that budget runs the agents, the baselines a
+# user would pick instead, each agent on top of the strongest baseline and each agent annealed. Its table and
+# figure go to benchmarks/results/efficacy/regime/ (regime.md, regime.png). Run two at once on one OUT (one
+# per core, OMP_NUM_THREADS=1) to share the work.
 #
 # Every part is one `rlmask compare`: run it again and it skips finished sub-runs and resumes an
 # interrupted one, so the study can be stopped and continued across sessions. The parts share nothing and
@@ -66,6 +74,11 @@ fi
 if [[ $PART == leave-out || $PART == all ]]; then  # pretrain on five sources, transfer to the sixth
   run leave-out "${COMMON[@]}" --epochs 4 --finetune-epochs 1 --leave-out breastmnist.npz --shots 16,64,256 \
     --transfer-mode linear --methods plain,pgnm-reinforce,random-mask,apga,context-dqn,context-random
+fi
+if [[ $PART == regime ]]; then
+  "$PYTHON" benchmarks/efficacy_regime.py run "$OUT/regime" "${@:3}"
+  "$PYTHON" benchmarks/efficacy_regime.py table "$OUT/regime" benchmarks/results/efficacy/regime
+  exit 0
 fi
 # The budget question, once both budgets have a comparison: method - plain at 4+1 and 12+3 epochs side by side.
 R=benchmarks/results/efficacy
