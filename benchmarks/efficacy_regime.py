@@ -344,11 +344,27 @@ def plot(found: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def render_pilots(pilots: dict) -> str:
+    """Plain training's validation macro-F1 at each pilot budget, every regime whose pilot finished."""
+    lines = [
+        "## Plain training's budget: validation macro-F1 (mean of 3 seeds) at each pilot budget, epochs",
+        "",
+        "| regime | budgets: val macro-F1 | chosen budget |",
+        "|---|---|---|",
+    ]
+    for name, plan in pilots.items():
+        ladder = ", ".join(f"{e}: {v:.3f}" for e, v in sorted(plan["rungs"].items(), key=lambda r: int(r[0])))
+        chosen = f"{plan['total_epochs']}" + ("" if plan["peaked"] else " (the longest: still rising)")
+        lines.append(f"| {name} | {ladder} | {chosen} |")
+    return "\n".join(lines)
+
+
 def cmd_table(args) -> int:
     found = gather(args.out)
     if not found:
         raise SystemExit(f"efficacy_regime: {args.out}: no finished regime comparison")
     args.results.mkdir(parents=True, exist_ok=True)
+    pilots = json.loads((args.out / "pilots.json").read_text()) if (args.out / "pilots.json").is_file() else {}
     for source, by_size in found.items():
         for size in by_size:
             folder, dest = args.out / f"{source}-n{size}", args.results / f"{source}-n{size}"
@@ -357,7 +373,7 @@ def cmd_table(args) -> int:
                 if (folder / name).is_file():
                     shutil.copy(folder / name, dest / name)
     (args.results / "regime.json").write_text(json.dumps(found, indent=1))
-    text = render(found)
+    text = render(found) + ("\n" + render_pilots(pilots) if pilots else "")
     (args.results / "regime.md").write_text(text + "\n")
     plot(found, args.results / "regime.png")
     print(text)
@@ -371,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("out", type=Path)
     run.add_argument("--sources", nargs="+", choices=list(SOURCES), default=["pair", "pool"])
     run.add_argument("--sizes", nargs="+", type=int, choices=SIZES, default=list(SIZES))
-    run.add_argument("--passes", nargs="+", type=int, choices=(1, 2, 3), default=[1, 2, 3])
+    run.add_argument("--passes", nargs="*", type=int, choices=(1, 2, 3), default=[1, 2, 3], help="none: pilots only")
     table = sub.add_parser("table")
     table.add_argument("out", type=Path)
     table.add_argument("results", type=Path)

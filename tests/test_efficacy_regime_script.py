@@ -112,7 +112,12 @@ def test_table_and_figure_of_the_finished_regimes(tmp_path):
         {"random-mask": (0.02, -0.03, 0.07, "no detectable difference"), "mixup": (0.04, 0.01, 0.07, "better")},
     )
     (out / "pilots.json").write_text(
-        json.dumps({"pair-n10": {"rungs": {"25": 0.5, "50": 0.6, "100": 0.55}, "peaked": True}})
+        json.dumps(
+            {
+                "pair-n10": {"rungs": {"25": 0.5, "50": 0.6, "100": 0.55}, "peaked": True, "total_epochs": 50},
+                "pair-n50": {"rungs": {"10": 0.5, "20": 0.6}, "peaked": False, "total_epochs": 20},
+            }
+        )
     )
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "table", str(out), str(results)], capture_output=True, text=True, cwd=REPO
@@ -124,6 +129,8 @@ def test_table_and_figure_of_the_finished_regimes(tmp_path):
     assert "reference view" not in table
     assert "40 ep (25: 0.50, 50: 0.60, 100: 0.55)" in table
     assert "| plain macro-F1 | 0.610 | 0.700 |" in table
+    assert "| pair-n10 | 25: 0.500, 50: 0.600, 100: 0.550 | 50 |" in table  # every pilot, with or without study
+    assert "| pair-n50 | 10: 0.500, 20: 0.600 | 20 (the longest: still rising) |" in table
     assert (results / "regime.png").stat().st_size > 0
     assert (results / "pair-n25" / "comparison.json").is_file()
     assert json.loads((results / "regime.json").read_text())["pair"]["25"]["equal_compute_epochs"] == 20
