@@ -135,7 +135,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rlmask.agents import AGENTS, get_agent
     from rlmask.config import coerce_all, load_config_file
-    from rlmask.experiments.compare import DEFAULT_METHODS, CompareConfig, parse_methods, run_comparison
+    from rlmask.experiments.compare import (
+        DEFAULT_METHODS,
+        PRETRAIN_OWN,
+        CompareConfig,
+        parse_methods,
+        run_comparison,
+    )
 
     file_values = load_config_file(args.config) if args.config else {}
     methods = getattr(args, "methods", None) or file_values.get("methods") or DEFAULT_METHODS
@@ -145,12 +151,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         method = key.replace("_", "-") if key.replace("_", "-") in {*AGENTS, *variants} else key
         spec = get_agent(variants.get(method, method), f"--config {args.config}: section")
         values = {str(k).replace("-", "_"): v for k, v in file_values.pop(key).items()}
-        if spec.options is None:
+        agent_fields = {f.name for f in dataclasses.fields(spec.options)} if spec.options else set()
+        training = {k: values.pop(k) for k in list(values) if k in PRETRAIN_OWN and k not in agent_fields}
+        if spec.options is None and values:
             raise UserError(f"--config {args.config}: section {method}: method {method} takes no options")
-        _, unknown = split_known(values, spec.options)
-        _reject_foreign_options(unknown, method, f"--config {args.config}: section {method}")
-        sections[method] = coerce_all(spec.options, values, f"--config {args.config}: section {method}")
+        if spec.options is not None:
+            _, unknown = split_known(values, spec.options)
+            _reject_foreign_options(unknown, method, f"--config {args.config}: section {method}")
+            values = coerce_all(spec.options, values, f"--config {args.config}: section {method}")
+        sections[method] = values | training  # the training options are coerced by CompareConfig.validate
     cfg = resolve(CompareConfig, args, args.config, file_values=file_values, method_options=sections)
+    cfg.validate()  # every option checked before --out is made
     _record_command(cfg.out)
     result = run_comparison(cfg)
     print((Path(cfg.out) / "comparison.md").read_text())

@@ -48,6 +48,23 @@ DEFAULT_METHODS = ["plain", *(name for name, spec in AGENTS.items() if spec.in_d
 PER_RUN = ("seed", "out", "resume", "epochs")
 # FinetuneConfig keeps the reference's fine-tuning schedule: these are not taken from the comparison
 FINETUNE_OWN = ("lr", "schedule", "warmup_epochs", "warmup_start", "init")
+# The training options a method may set for its own pretraining run (--method-option METHOD:lr=0.001): the
+# classifier's or encoder's optimiser and schedule, e.g. Intelligent Masking's Adam 1e-3 for its reconstructor.
+# Its fine-tuning and every other method keep the comparison's.
+PRETRAIN_OWN = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "warmup_start",
+    "milestones",
+    "gamma",
+    "step_size",
+    "clip_grad",
+    "label_smoothing",
+)
 
 
 @dataclass
@@ -92,8 +109,10 @@ class CompareConfig(TrainConfig):
         "an option of one method, METHOD:NAME=VALUE (repeatable); a config file may instead hold a section per method",
         metavar="METHOD:NAME=VALUE",
     )
-    # {method: {option: value}} from the config file's per-method sections and --method-option
+    # {method: {option: value}} from the config file's per-method sections and --method-option: the agent's
+    # options, and (method_train) the PRETRAIN_OWN options of the method's pretraining run
     method_options: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method options"})
+    method_train: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method pretraining options"})
     # {label: agent} of the compared methods; a label differs from its agent for a variant (LABEL=METHOD)
     agents: dict = field(default_factory=dict, metadata={"cli": False, "help": "agent of each method"})
 
@@ -103,8 +122,9 @@ class CompareConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.agents = parse_methods(self.methods)
-        self.methods = list(self.agents)
+        if not (self.agents and list(self.agents) == self.methods):  # not parsed yet (validate may run twice)
+            self.agents = parse_methods(self.methods)
+            self.methods = list(self.agents)
         if self.seeds < 1 or self.finetune_epochs < 0:
             raise UserError("--seeds must be >= 1, --finetune-epochs >= 0")
         if self.bootstrap_resamples < 100:
@@ -120,7 +140,14 @@ class CompareConfig(TrainConfig):
             parse_shots(self.shots)
             if self.transfer_repeats < 1:
                 raise UserError(f"--transfer-repeats {self.transfer_repeats}: must be at least 1")
-        options = {m: dict(v) for m, v in self.method_options.items()}
+        options, train = {}, {m: dict(v) for m, v in self.method_train.items()}
+        for method, values in self.method_options.items():  # a config file's sections: split them the same way
+            for name, value in values.items():
+                own = name in PRETRAIN_OWN and not _agent_has(self.agent_of(method), name)
+                target = train if own else options
+                target.setdefault(method, {}).update(
+                    coerce_all(TrainConfig, {name: value}, f"--config: [{method}]") if own else {name: value}
+                )
         for item in self.method_option:
             method, sep, assignment = item.partition(":")
             name, eq, value = assignment.partition("=")
@@ -130,11 +157,17 @@ class CompareConfig(TrainConfig):
                 raise UserError(f"--method-option {item}: {method} is not among --methods ({', '.join(self.agents)})")
             spec = get_agent(self.agent_of(method))
             name = name.replace("-", "_")
+            if name in PRETRAIN_OWN and not _agent_has(self.agent_of(method), name):
+                train.setdefault(method, {}).update(coerce_all(TrainConfig, {name: value}, f"--method-option {item}"))
+                continue
             if spec.options is None:
                 raise UserError(f"--method-option {item}: method {method} takes no options")
             known = {f.name for f in dataclasses.fields(spec.options)}
             if name not in known:
-                raise UserError(f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method}")
+                raise UserError(
+                    f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method} "
+                    f"(nor one of its pretraining options: {', '.join(PRETRAIN_OWN)})"
+                )
             options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
         for method, values in options.items():
             # unknown or out-of-range options fail now
@@ -146,7 +179,21 @@ class CompareConfig(TrainConfig):
                 f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
                 "fine-tuning epochs to be scored"
             )  # >>>
-        self.method_options = options
+        self.method_options, self.method_train = options, train
+        for method, values in train.items():  # e.g. --method-option context-dqn:optimizer=adam context-dqn:lr=1e-3
+            where = f"--method-option {method}:{','.join(values)}"
+            if method == "plain":
+                raise UserError(f"{where}: plain trains with the comparison's own options (--{next(iter(values))})")
+            try:
+                TrainConfig(**(_train_fields(self) | values), epochs=self.epochs).validate()
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
+
+
+def _agent_has(agent: str, name: str) -> bool:
+    """Whether ``agent``'s own options hold ``name`` (then a --method-option of that name is the agent's)."""
+    options = get_agent(agent).options
+    return options is not None and name in {f.name for f in dataclasses.fields(options)}
 
 
 def parse_methods(items: list[str]) -> dict[str, str]:
@@ -188,6 +235,7 @@ REUSE_KEYS = (
     "seed",
     "image_size",
     "lr",
+    "optimizer",
     "batch_size",
     "method",
     "train_per_class",
@@ -300,7 +348,7 @@ def _method_runs(cfg: CompareConfig, out: Path, seed: int, method: str) -> list[
     pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
     values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
     pre_cfg = PretrainConfig(
-        **_train_fields(cfg),
+        **(_train_fields(cfg) | cfg.method_train.get(method, {})),
         seed=seed,
         out=str(pre_dir),
         epochs=cfg.epochs,

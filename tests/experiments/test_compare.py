@@ -201,6 +201,46 @@ def test_a_variant_of_a_method_runs_under_its_own_label(tmp_path, capsys):
     assert "| coarse |" in (out / "comparison.md").read_text()
 
 
+def test_a_method_sets_its_own_pretraining_optimiser_and_nothing_else_changes(tmp_path, capsys):
+    """``--method-option METHOD:lr=...`` (and the other PRETRAIN_OWN options) applies to that method's
+    pretraining run only: its fine-tuning, plain and the other methods keep the comparison's."""
+    out = tmp_path / "cmp"
+    base = ["compare", *TINY, "--methods", "plain,random-mask,adam=random-mask", "--epochs", "1"]
+    base += ["--finetune-epochs", "1", "--seeds", "1", "--bootstrap-resamples", "200", "--out", str(out)]
+    config_file = tmp_path / "study.toml"  # a config file's section per method takes them too
+    config_file.write_text('[adam]\noptimizer = "adam"\nlr = 0.001\nclip_grad = 1\n')
+    assert main([*base, "--config", str(config_file)]) == 0, capsys.readouterr().err
+
+    def config(*parts):
+        return json.loads((out.joinpath(*parts) / "config.json").read_text())
+
+    adam = config("adam", "seed0", "pretrain")
+    assert (adam["optimizer"], adam["lr"], adam["clip_grad"]) == ("adam", 0.001, 1.0)
+    for other in (config("plain", "seed0"), config("random-mask", "seed0", "pretrain")):
+        assert (other["optimizer"], other["lr"], other["clip_grad"]) == ("sgd", 0.1, 0.0)
+    assert config("adam", "seed0", "finetune")["optimizer"] == "sgd"
+    # run again with another learning rate for it: the finished sub-run is not silently reused
+    capsys.readouterr()
+    assert main([*base, "--method-option", "adam:optimizer=adam", "adam:lr=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run with other options (lr)" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("plain:lr=0.01", "plain trains with the comparison's own options (--lr)"),
+        ("random-mask:lr=-1", "--method-option random-mask:lr: --lr -1.0: must be greater than 0"),
+        ("random-mask:optimizer=lbfgs", "choose from sgd, adamw, adam"),
+    ],
+)
+def test_bad_per_method_training_options_are_one_line(tmp_path, capsys, option, message):
+    args = ["compare", *TINY, "--methods", "plain,random-mask", "--method-option", option, "--out", str(tmp_path / "c")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "c").exists()
+
+
 def test_a_sub_run_held_by_another_process_is_left_for_last_then_waited_for(tmp_path, monkeypatch, capsys):
     import fcntl
 
