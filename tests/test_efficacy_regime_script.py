@@ -70,7 +70,10 @@ def test_the_strongest_baseline_is_chosen_on_validation_over_every_seed(tmp_path
     assert methods[: 1 + len(regime.AGENTS) + len(regime.BASELINES)] == ["plain", *regime.AGENTS, *regime.BASELINES]
     assert "apga.cutmix=apga" in methods and "apga.cosine=apga" in methods
     assert "apga.cutmix:augment=cutmix" in options and "apga.cosine:mask_schedule=cosine" in options
-    assert regime.methods_of(tmp_path, 1) == (["plain", *regime.AGENTS], [])
+    assert "context-dqn.cutmix:optimizer=adam" in options and "context-dqn.cosine:lr=0.001" in options
+    methods, options = regime.methods_of(tmp_path, 1)
+    assert methods == ["plain", *regime.AGENTS]
+    assert options == ["context-dqn:optimizer=adam", "context-dqn:lr=0.001"]  # the reconstructor's own optimiser
 
 
 def test_pass_three_before_the_baselines_finished_is_one_line(tmp_path):
