@@ -111,6 +111,11 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = option(0, "data-loading worker processes (image folders)")
     checkpoint_every: int = option(0, "also write last.pt every N training steps (0: at epoch ends only)")
+    checkpoint_epochs: int = option(
+        1,
+        "write last.pt at the end of every N-th epoch and of the last (where epochs are a few steps, saving "
+        "the checkpoint each time costs more than training; a crash loses at most N - 1 epochs)",
+    )
     val_every: int = option(
         1, "validate every N epochs and after the last (best.pt: the best validated epoch); training is unchanged"
     )
@@ -156,6 +161,7 @@ class TrainConfig:
                 "eval_per_class": (">=", 1),
                 "num_workers": (">=", 0),
                 "checkpoint_every": (">=", 0),
+                "checkpoint_epochs": (">=", 1),
                 "val_every": (">=", 1),
                 "log_every": (">=", 1),
             },
@@ -609,6 +615,11 @@ def validate(run: Run, progress: Progress) -> dict:
     return record
 
 
+def _checkpoint_due(cfg: TrainConfig, epochs_done: int) -> bool:
+    """Whether last.pt is written after ``epochs_done`` epochs (--checkpoint-epochs, and always after the last)."""
+    return epochs_done % cfg.checkpoint_epochs == 0 or epochs_done >= cfg.epochs
+
+
 def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], validated: bool = True) -> None:
     """Close the epoch: best.pt when it was ``validated`` and the task's metric improved, log.jsonl, last.pt,
     a summary line."""
@@ -629,9 +640,10 @@ def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], 
     run.loggers.log_epoch(record)
     if "tensorboard" in run.cfg.logger:
         _log_mask_grid(run, record["step"])
-    state = checkpoint_state(run, progress)
-    save_checkpoint(run.out / "last.pt", state)
-    run.loggers.flush()
+    state = checkpoint_state(run, progress) if improved or _checkpoint_due(run.cfg, progress.epoch) else None
+    if _checkpoint_due(run.cfg, progress.epoch):
+        save_checkpoint(run.out / "last.pt", state)
+        run.loggers.flush()
     if improved:
         save_checkpoint(run.out / "best.pt", state)
     if run.show:
