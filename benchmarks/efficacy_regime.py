@@ -233,6 +233,8 @@ def cmd_run(args) -> int:
                 str(SEEDS),
                 "--val-every",
                 "4",
+                "--checkpoint-epochs",  # ~20 last.pt writes a run: at one-step epochs each cost more than the step
+                str(max(1, (plan["epochs"] + plan["finetune_epochs"]) // 20)),
                 "--epochs",
                 str(plan["epochs"]),
                 "--finetune-epochs",
