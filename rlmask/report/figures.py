@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from rlmask.io import atomic_write_bytes  # noqa: E402
 
 # Class names and method names are data, not markup: "$x^{$" must be drawn as written, never parsed.
 matplotlib.rcParams["text.parse_math"] = False
@@ -22,12 +25,13 @@ def drawable(text) -> str:
 
 
 def _save(fig, path: Path) -> Path:
+    """Render to memory, then write atomically through a temporary file of a unique name: two processes
+    that draw the same figure (two workers finishing one comparison) must not rename each other's file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

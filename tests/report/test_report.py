@@ -238,3 +238,24 @@ def test_training_curves_give_every_method_its_own_look(tmp_path, monkeypatch):
     validated = next(line for line in left.get_lines() if line.get_label() == "method 0")
     assert list(validated.get_xdata()) == [2, 4] and list(validated.get_ydata()) == [0.1, 0.3]
     assert right.get_legend() is not None and left.get_legend() is None
+
+
+def _draw_curves_repeatedly(path: str) -> int:
+    from rlmask.report.figures import plot_training_curves
+
+    records = [[{"epoch": e, "val/macro_f1": 0.1 * e, "losses/ce": 1.0 / e} for e in range(1, 4)]]
+    for _ in range(15):
+        plot_training_curves({"plain": records}, Path(path))
+    return 0
+
+
+def test_two_processes_drawing_one_figure_do_not_collide(tmp_path):
+    # Two workers finishing one comparison draw its figures at once; each write goes through a temporary
+    # file of its own, so neither renames the other's away (a shared temporary name crashed one of them).
+    import multiprocessing
+
+    path = tmp_path / "curves.png"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(_draw_curves_repeatedly, [str(path)] * 2) == [0, 0]
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
