@@ -576,8 +576,8 @@ def train_epoch(run: Run, progress: Progress) -> float:
                 and mid_epoch
                 and runtime.is_main_process()
             ):
+                run.loggers.flush()  # before the checkpoint: a kill between them must not leave rows missing
                 save_checkpoint(run.out / "last.pt", checkpoint_state(run, progress))
-                run.loggers.flush()
     finally:
         bar.close()  # before any error message, so it stands on its own line
     run.step.raise_if_diverged()
@@ -642,8 +642,8 @@ def end_epoch(run: Run, progress: Progress, record: dict, log_lines: list[str], 
         _log_mask_grid(run, record["step"])
     state = checkpoint_state(run, progress) if improved or _checkpoint_due(run.cfg, progress.epoch) else None
     if _checkpoint_due(run.cfg, progress.epoch):
+        run.loggers.flush()  # rows past the checkpoint's step are dropped on resume; rows before it must exist
         save_checkpoint(run.out / "last.pt", state)
-        run.loggers.flush()
     if improved:
         save_checkpoint(run.out / "best.pt", state)
     if run.show:
