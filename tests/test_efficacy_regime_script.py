@@ -87,6 +87,13 @@ def test_every_regime_has_at_least_one_full_batch():
             assert regime.batch_size(source, size) <= size * classes
 
 
+def test_the_pool_validates_about_ten_times_a_run_and_the_pair_every_four_epochs():
+    plan = {"epochs": 192, "finetune_epochs": 48}
+    assert regime.validation_every("pool", plan) == 24
+    assert regime.validation_every("pool", {"epochs": 13, "finetune_epochs": 3}) == 4  # never more often
+    assert regime.validation_every("pair", plan) == 4
+
+
 def _comparison(folder: Path, total: int, plain: float, gaps: dict[str, tuple]) -> None:
     folder.mkdir(parents=True)
     paired = {
