@@ -320,40 +320,56 @@ def render(found: dict) -> str:
     return "\n".join(lines)
 
 
+PANELS = ("agents", "baselines", "agents on the strongest baseline", "agents annealed (cosine)")
+
+
+def panel_of(method: str) -> str:
+    """The figure panel of a method: an agent, a baseline, an agent on a baseline (AGENT.BASELINE) or annealed."""
+    base, _, variant = method.partition(".")
+    if not variant:
+        return PANELS[0] if base in AGENTS else PANELS[1]
+    return PANELS[3] if variant == "cosine" else PANELS[2]
+
+
 def plot(found: dict, path: Path) -> None:
+    """Method - plain against images per class with 95% interval bands: a row per source, a panel per kind of
+    method (each holds at most four lines; an agent keeps its colour in every panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(found), figsize=(6.5 * len(found), 4.5), squeeze=False)
-    for ax, (source, by_size) in zip(axes[0], found.items()):
-        methods = sorted({m for n in by_size for m in by_size[n]["paired"]})
-        for method in methods:
-            points = [
-                (n, by_size[n]["paired"][method]["macro_f1"])
-                for n in sorted(by_size)
-                if method in by_size[n]["paired"] and by_size[n]["paired"][method]["macro_f1"]["mean"] is not None
-            ]
-            if not points:
-                continue
-            xs = [n for n, _ in points]
-            (line,) = ax.plot(xs, [s["mean"] for _, s in points], marker="o", label=method)
-            if all(s.get("low") is not None for _, s in points):
-                ax.fill_between(
-                    xs,
-                    [s["low"] for _, s in points],
-                    [s["high"] for _, s in points],
-                    color=line.get_color(),
-                    alpha=0.12,
-                )
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(list(SIZES), [str(n) for n in SIZES])
-        ax.set_xlabel("training images per class")
-        ax.set_ylabel("method - plain, test macro-F1")
-        ax.set_title(source)
-        ax.legend(fontsize=7, ncol=2)
+    every = {m for by_size in found.values() for n in by_size for m in by_size[n]["paired"]}
+    panels = [p for p in PANELS if any(panel_of(m) == p for m in every)]
+    colours = plt.get_cmap("tab10").colors
+    colour = {name: colours[i] for i, name in enumerate((*AGENTS, *BASELINES))}
+    fig, axes = plt.subplots(
+        len(found), len(panels), figsize=(4.2 * len(panels), 3.6 * len(found)), squeeze=False, sharey=True
+    )
+    for row, (source, by_size) in zip(axes, found.items()):
+        for ax, panel in zip(row, panels):
+            for method in sorted(m for m in every if panel_of(m) == panel):
+                points = [
+                    (n, by_size[n]["paired"][method]["macro_f1"])
+                    for n in sorted(by_size)
+                    if method in by_size[n]["paired"] and by_size[n]["paired"][method]["macro_f1"]["mean"] is not None
+                ]
+                if not points:
+                    continue
+                xs, tint = [n for n, _ in points], colour.get(method.partition(".")[0])
+                ax.plot(xs, [s["mean"] for _, s in points], marker="o", color=tint, label=method)
+                if all(s.get("low") is not None for _, s in points):
+                    lows, highs = [s["low"] for _, s in points], [s["high"] for _, s in points]
+                    ax.fill_between(xs, lows, highs, color=tint, alpha=0.15, linewidth=0)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_xticks(list(SIZES), [str(n) for n in SIZES])
+            ax.minorticks_off()
+            ax.set_title(f"{source}: {panel}", fontsize=9)
+            ax.set_xlabel("training images per class")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        row[0].set_ylabel("method - plain, test macro-F1")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

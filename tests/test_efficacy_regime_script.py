@@ -94,6 +94,10 @@ def test_the_pool_validates_about_ten_times_a_run_and_the_pair_every_four_epochs
     assert regime.validation_every("pair", plan) == 4
 
 
+def test_each_method_has_its_panel():
+    assert [regime.panel_of(m) for m in ("apga", "mixup", "apga.mixup", "apga.cosine")] == list(regime.PANELS)
+
+
 def _comparison(folder: Path, total: int, plain: float, gaps: dict[str, tuple]) -> None:
     folder.mkdir(parents=True)
     paired = {
