@@ -239,7 +239,9 @@ def test_bench_times_flipped_settings_beside_the_chosen_ones(capsys):
     assert set(result["flipped"]) == {"channels_last=False", "threads=1"}
     for arm in result["flipped"].values():
         for method, plain_rate in (("plain", result["plain_img_s"]), ("random-mask", result["method_img_s"])):
-            assert arm[method]["time_ratio"] == pytest.approx(plain_rate / arm[method]["img_s"], rel=0.02)
+            # time_ratio is rounded to 3 decimals: a ratio near 0.01 (an arm slowed by a burst of load) is off by 4%
+            expected = plain_rate / arm[method]["img_s"]
+            assert arm[method]["time_ratio"] == pytest.approx(expected, rel=0.02, abs=0.0006)
     assert torch.get_num_threads() == 2  # the chosen thread count is back after the rounds
 
 
