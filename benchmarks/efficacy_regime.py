@@ -88,7 +88,7 @@ def validation_every(source: str, plan: dict) -> int:
     """Epochs between a comparison run's validations (the curves; the final model is scored either way): every 4
     on the pair (400 validation images, a few training steps an epoch), about 10 a run on the pool, whose 3,400
     validation images every 4 epochs would cost more than the training."""
-    return 4 if source == "pair" else max(4, (plan["epochs"] + plan["finetune_epochs"]) // 10)
+    return 4 if source == "pair" else max(4, plan["total_epochs"] // 10)
 
 
 def _rlmask(*args: str) -> None:
@@ -241,7 +241,7 @@ def cmd_run(args) -> int:
                 "--val-every",
                 str(validation_every(source, plan)),
                 "--checkpoint-epochs",  # ~20 last.pt writes a run: at one-step epochs each cost more than the step
-                str(max(1, (plan["epochs"] + plan["finetune_epochs"]) // 20)),
+                str(max(1, plan["total_epochs"] // 20)),
                 "--epochs",
                 str(plan["epochs"]),
                 "--finetune-epochs",

@@ -88,9 +88,9 @@ def test_every_regime_has_at_least_one_full_batch():
 
 
 def test_the_pool_validates_about_ten_times_a_run_and_the_pair_every_four_epochs():
-    plan = {"epochs": 192, "finetune_epochs": 48}
+    plan = {"total_epochs": 240, "epochs": 192, "finetune_epochs": 48}
     assert regime.validation_every("pool", plan) == 24
-    assert regime.validation_every("pool", {"epochs": 13, "finetune_epochs": 3}) == 4  # never more often
+    assert regime.validation_every("pool", {"total_epochs": 16}) == 4  # never more often
     assert regime.validation_every("pair", plan) == 4
 
 
