@@ -7,7 +7,9 @@ log.jsonl, policy_summary.json and predictions.npz (of the final models: compare
 transfer.md, into the same place below DEST; the path SRC in the JSON files is rewritten to PATH (where the
 study's scripts put their output, e.g. runs/efficacy). `rlmask compare` skips a sub-run whose metrics.json
 exists and pairs it through its predictions, so `cp -r DEST/. PATH/` on a fresh machine, then the study's
-script, continues with the missing runs only. Checkpoints are not kept (tens of MB each).
+script, continues with the missing runs only. Checkpoints are not kept (tens of MB each): a finished run
+whose checkpoint a missing run reads (a pretraining's heated.pt, the plain last.pt of gradcam-mask) is
+trained again, the same, before it.
 """
 
 from __future__ import annotations

@@ -271,9 +271,12 @@ def _same_agent(old: dict, new: dict) -> bool:
     return same_agent_options(new.get("method"), old.get("agent"), new.get("agent"))
 
 
-def _run_once(run, run_cfg) -> dict:
-    """Run ``run(run_cfg)`` unless its folder already holds metrics.json; resume from last.pt if present.
+def _run_once(run, run_cfg, needs: tuple[str, ...] = ()) -> dict:
+    """Run ``run(run_cfg)`` unless its folder already holds metrics.json (and the files in ``needs``, which a
+    later sub-run reads); resume from last.pt if present.
 
+    A finished run whose needed files are gone (a study restored from its small files, checkpoints deleted to
+    save space) is trained again from its start: runs are seeded, so it comes out the same.
     A folder written with other options is an error, never silently reused. The folder is held (``_claim``)
     meanwhile, so another process of the same comparison never runs it at the same time.
     """
@@ -292,11 +295,16 @@ def _run_once(run, run_cfg) -> dict:
                 raise UserError(
                     f"--out: {out} holds a run with other options ({', '.join(changed)}); choose another --out or delete it"
                 )
-        if (out / "metrics.json").is_file():
+        if _finished(out, needs):
             return read_json(out / "metrics.json", "--out: sub-run")
-        if (out / "last.pt").is_file():
+        if not (out / "metrics.json").is_file() and (out / "last.pt").is_file():
             run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
         return run(run_cfg)
+
+
+def _finished(folder: Path, needs: tuple[str, ...] = ()) -> bool:
+    """Whether the sub-run in ``folder`` is done and still holds the files in ``needs``."""
+    return all((folder / name).is_file() for name in ("metrics.json", *needs))
 
 
 def _scores(metrics: dict) -> dict:
@@ -305,21 +313,24 @@ def _scores(metrics: dict) -> dict:
 
 
 # --- APGA additions (issue 11): plain checkpoints for agents that need one, test-time augmentation -----------
-def _plain_run(cfg: CompareConfig, seed: int, out: Path) -> Path:
+def _plain_run(cfg: CompareConfig, seed: int, out: Path, needs: tuple[str, ...] = ()) -> Path:
     """The equal-compute plain run of ``seed`` (trained now unless already done); its folder."""
     folder = out / "plain" / f"seed{seed}"
     total = cfg.epochs + cfg.finetune_epochs
-    _run_once(fit, TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=total))
+    _run_once(fit, TrainConfig(**_train_fields(cfg), seed=seed, out=str(folder), epochs=total), needs)
     return folder
 
 
-def _method_values(cfg: CompareConfig, method: str, seed: int, out: Path) -> dict | None:
+def _method_values(
+    cfg: CompareConfig, method: str, seed: int, out: Path, plain_needs: tuple[str, ...] = ()
+) -> dict | None:
     """The comparison's options of ``method``, with its plain-checkpoint option (if it has one and the user did
-    not set it) filled with the same seed's plain run's last.pt."""
+    not set it) filled with the same seed's plain run's last.pt (the plain run trained again where it lacks
+    ``plain_needs``)."""
     values = cfg.method_options.get(method)
     name = get_agent(cfg.agent_of(method)).plain_checkpoint_option
     if name and not (values or {}).get(name):
-        values = dict(values or {}) | {name: str(_plain_run(cfg, seed, out) / "last.pt")}
+        values = dict(values or {}) | {name: str(_plain_run(cfg, seed, out, plain_needs) / "last.pt")}
     return values
 
 
@@ -346,7 +357,10 @@ def _method_runs(cfg: CompareConfig, out: Path, seed: int, method: str) -> list[
                 break
         return found
     pre_dir, fine_dir = out / method / f"seed{seed}" / "pretrain", out / method / f"seed{seed}" / "finetune"
-    values = _method_values(cfg, method, seed, out)  # APGA addition: e.g. gradcam-mask's plain model
+    # a pretraining still to run (or to run again for the heated model its fine-tuning reads) needs the plain
+    # model of an agent that takes one (APGA addition: gradcam-mask)
+    pre_needs = ("heated.pt",) if cfg.finetune_epochs and not _finished(fine_dir) else ()
+    values = _method_values(cfg, method, seed, out, () if _finished(pre_dir, pre_needs) else ("last.pt",))
     pre_cfg = PretrainConfig(
         **(_train_fields(cfg) | cfg.method_train.get(method, {})),
         seed=seed,
@@ -355,7 +369,7 @@ def _method_runs(cfg: CompareConfig, out: Path, seed: int, method: str) -> list[
         method=cfg.agent_of(method),
         agent=_agent_options(method, cfg, values),
     )
-    pre_metrics = _run_once(pretrain, pre_cfg)
+    pre_metrics = _run_once(pretrain, pre_cfg, pre_needs)
     row = {"seed": seed}
     if get_agent(cfg.agent_of(method)).task == "classify":  # a reconstruct task's heated model has no class scores
         row |= {f"heated_{k}": v for k, v in _scores(pre_metrics).items()}
@@ -829,6 +843,10 @@ def _mask_gallery(cfg: CompareConfig, out: Path, n: int = 6) -> Path | None:
     for method in methods:
         spec = get_agent(cfg.agent_of(method))
         values = _method_values(cfg, method, 0, out)
+        plain_file = (values or {}).get(spec.plain_checkpoint_option or "")
+        if plain_file and not Path(plain_file).is_file():  # kept without checkpoints: the agent cannot be built
+            print(f"warning: masks.png: {method} left out ({plain_file} is missing)", file=sys.stderr)
+            continue
         agent = spec.build(pool.image_size, pool.channels, seed=0, options=values)
         # the images as the agent saw them in training: its task may scale them otherwise (context's reference [-1, 1])
         task = build_task(spec.task, **spec.task_options(spec.make_options(values)))

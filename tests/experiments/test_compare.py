@@ -298,3 +298,34 @@ def test_a_method_added_to_a_finished_comparison_joins_its_transfer_runs(tmp_pat
     code = main([*args[:-2], "--bootstrap-resamples", "200", "--methods", "plain,random-mask", "--shots", "4,8"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "was transferred with shots 4 and 2 repeats" in err
+
+
+def test_a_study_kept_without_checkpoints_trains_again_only_what_a_missing_run_reads(tmp_path, capsys):
+    """A finished pretraining whose fine-tuning is still to run is trained again for its heated.pt, and with it
+    the plain model gradcam-mask's masks come from; runs that nothing still reads are left as they are."""
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY, "--methods", "plain", "gradcam-mask", "--epochs", "1", "--finetune-epochs", "1"]
+    args += ["--seeds", "1", "--bootstrap-resamples", "100", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    pre, fine, plain = (
+        out / "gradcam-mask" / "seed0" / "pretrain",
+        out / "gradcam-mask" / "seed0" / "finetune",
+        out / "plain" / "seed0",
+    )
+    first = {d: (d / "metrics.json").read_text() for d in (pre, fine, plain)}
+
+    def drop_checkpoints():
+        for f in out.rglob("*.pt"):
+            f.unlink()
+
+    drop_checkpoints()
+    stamps = {d: (d / "metrics.json").stat().st_mtime_ns for d in (pre, plain)}
+    assert main(args) == 0, capsys.readouterr().err  # everything finished: nothing is trained again
+    assert {d: (d / "metrics.json").stat().st_mtime_ns for d in (pre, plain)} == stamps
+    assert "masks.png: gradcam-mask left out" in capsys.readouterr().err
+
+    for f in fine.iterdir():
+        f.unlink()
+    assert main(args) == 0, capsys.readouterr().err
+    assert (pre / "heated.pt").is_file() and (plain / "last.pt").is_file()  # both trained again, the same
+    assert {d: (d / "metrics.json").read_text() for d in (pre, fine, plain)} == first
