@@ -98,7 +98,7 @@ def test_each_method_has_its_panel():
     assert [regime.panel_of(m) for m in ("apga", "mixup", "apga.mixup", "apga.cosine")] == list(regime.PANELS)
 
 
-def _comparison(folder: Path, total: int, plain: float, gaps: dict[str, tuple]) -> None:
+def _comparison(folder: Path, total: int, plain: float, gaps: dict[str, tuple], seeds: int = 3) -> None:
     folder.mkdir(parents=True)
     paired = {
         m: {"macro_f1": {"mean": mean, "low": low, "high": high, "verdict": verdict}}
@@ -108,6 +108,7 @@ def _comparison(folder: Path, total: int, plain: float, gaps: dict[str, tuple]) 
     (folder / "comparison.json").write_text(
         json.dumps(
             {
+                "config": {"seeds": seeds},
                 "equal_compute_epochs": total,
                 "methods": {f"plain ({total} ep)": {"macro_f1": {"mean": plain}}},
                 "paired": paired,
@@ -124,6 +125,7 @@ def test_table_and_figure_of_the_finished_regimes(tmp_path):
         20,
         0.70,
         {"random-mask": (0.02, -0.03, 0.07, "no detectable difference"), "mixup": (0.04, 0.01, 0.07, "better")},
+        seeds=2,  # a regime assembled before its last seed finished says so
     )
     (out / "pilots.json").write_text(
         json.dumps(
@@ -143,6 +145,7 @@ def test_table_and_figure_of_the_finished_regimes(tmp_path):
     assert "reference view" not in table
     assert "40 ep (25: 0.50, 50: 0.60, 100: 0.55)" in table
     assert "| plain macro-F1 | 0.610 | 0.700 |" in table
+    assert "| seeds | 3 | 2 |" in table
     assert "| pair-n10 | 25: 0.500, 50: 0.600, 100: 0.550 | 50 |" in table  # every pilot, with or without study
     assert "| pair-n50 | 10: 0.500, 20: 0.600 | 20 (the longest: still rising) |" in table
     assert (results / "regime.png").stat().st_size > 0
