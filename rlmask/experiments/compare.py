@@ -276,7 +276,8 @@ def _run_once(run, run_cfg, needs: tuple[str, ...] = ()) -> dict:
     later sub-run reads); resume from last.pt if present.
 
     A finished run whose needed files are gone (a study restored from its small files, checkpoints deleted to
-    save space) is trained again from its start: runs are seeded, so it comes out the same.
+    save space) is trained again: from its last.pt where one is left (the final one, or one of a retrain that
+    stopped partway), else from its start. Runs are seeded and resume exactly, so it comes out the same.
     A folder written with other options is an error, never silently reused. The folder is held (``_claim``)
     meanwhile, so another process of the same comparison never runs it at the same time.
     """
@@ -297,7 +298,7 @@ def _run_once(run, run_cfg, needs: tuple[str, ...] = ()) -> dict:
                 )
         if _finished(out, needs):
             return read_json(out / "metrics.json", "--out: sub-run")
-        if not (out / "metrics.json").is_file() and (out / "last.pt").is_file():
+        if (out / "last.pt").is_file():
             run_cfg = dataclasses.replace(run_cfg, resume=str(out / "last.pt"))
         return run(run_cfg)
 

@@ -329,3 +329,27 @@ def test_a_study_kept_without_checkpoints_trains_again_only_what_a_missing_run_r
     assert main(args) == 0, capsys.readouterr().err
     assert (pre / "heated.pt").is_file() and (plain / "last.pt").is_file()  # both trained again, the same
     assert {d: (d / "metrics.json").read_text() for d in (pre, fine, plain)} == first
+
+
+def test_a_finished_pretraining_that_lost_its_heated_model_resumes_from_its_last_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    """Trained again for a missing heated.pt, a pretraining starts from the last.pt left beside it (the final
+    one here; after a retrain that stopped partway, that retrain's), not from epoch 0, and comes out the same."""
+    from rlmask.experiments import compare
+
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY, "--methods", "plain", "random-mask", "--epochs", "2", "--finetune-epochs", "1"]
+    args += ["--seeds", "1", "--bootstrap-resamples", "100", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    pre, fine = out / "random-mask" / "seed0" / "pretrain", out / "random-mask" / "seed0" / "finetune"
+    first = {d: (d / "metrics.json").read_text() for d in (pre, fine)}
+    (pre / "heated.pt").unlink()
+    for f in fine.iterdir():
+        f.unlink()
+    resumed, real_pretrain = [], compare.pretrain
+    monkeypatch.setattr(compare, "pretrain", lambda cfg: resumed.append(cfg.resume) or real_pretrain(cfg))
+    assert main(args) == 0, capsys.readouterr().err
+    assert resumed == [str(pre / "last.pt")]
+    assert (pre / "heated.pt").is_file()
+    assert {d: (d / "metrics.json").read_text() for d in (pre, fine)} == first
