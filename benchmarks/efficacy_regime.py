@@ -334,7 +334,7 @@ def panel_of(method: str) -> str:
 
 
 def plot(found: dict, path: Path) -> None:
-    """Method - plain against images per class with 95% interval bands: a row per source, a panel per kind of
+    """Method - plain against images per class with 95% intervals (bands, and bars at each size, methods side by side): a row per source, a panel per kind of
     method (each holds at most four lines; an agent keeps its colour in every panel)."""
     import matplotlib
 
@@ -350,7 +350,8 @@ def plot(found: dict, path: Path) -> None:
     )
     for row, (source, by_size) in zip(axes, found.items()):
         for ax, panel in zip(row, panels):
-            for method in sorted(m for m in every if panel_of(m) == panel):
+            names = sorted(m for m in every if panel_of(m) == panel)
+            for i, method in enumerate(names):
                 points = [
                     (n, by_size[n]["paired"][method]["macro_f1"])
                     for n in sorted(by_size)
@@ -358,13 +359,28 @@ def plot(found: dict, path: Path) -> None:
                 ]
                 if not points:
                     continue
-                xs, tint = [n for n, _ in points], colour.get(method.partition(".")[0])
+                dodge = 1.04 ** (i - (len(names) - 1) / 2)  # side by side at a size, so their intervals stay apart
+                xs, tint = [n * dodge for n, _ in points], colour.get(method.partition(".")[0])
                 ax.plot(xs, [s["mean"] for _, s in points], marker="o", color=tint, label=method)
                 if all(s.get("low") is not None for _, s in points):
                     lows, highs = [s["low"] for _, s in points], [s["high"] for _, s in points]
                     ax.fill_between(xs, lows, highs, color=tint, alpha=0.15, linewidth=0)
+                    ax.errorbar(  # a regime's interval, seen also where it has no neighbour to make a band with
+                        xs,
+                        [s["mean"] for _, s in points],
+                        yerr=[
+                            [s["mean"] - lo for (_, s), lo in zip(points, lows)],
+                            [hi - s["mean"] for (_, s), hi in zip(points, highs)],
+                        ],
+                        fmt="none",
+                        ecolor=tint,
+                        elinewidth=0.8,
+                        capsize=3,
+                        alpha=0.6,
+                    )
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xscale("log")
+            ax.set_xlim(min(SIZES) / 1.25, max(SIZES) * 1.25)
             ax.set_xticks(list(SIZES), [str(n) for n in SIZES])
             ax.minorticks_off()
             ax.set_title(f"{source}: {panel}", fontsize=9)
