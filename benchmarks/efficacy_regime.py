@@ -334,8 +334,9 @@ def panel_of(method: str) -> str:
 
 
 def plot(found: dict, path: Path) -> None:
-    """Method - plain against images per class with 95% intervals (bands, and bars at each size, methods side by side): a row per source, a panel per kind of
-    method (each holds at most four lines; an agent keeps its colour in every panel)."""
+    """Method - plain against images per class with 95% intervals (bands, and bars at each size, methods side by
+    side): a row per source, a panel per kind of method (each holds at most four lines; an agent keeps its colour
+    in every panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
