@@ -50,7 +50,12 @@ class FinetuneConfig(TrainConfig):
     )
     epochs: int = option(10, "fine-tuning epochs")
     lr: float = option(1e-3, "peak learning rate")
-    schedule: str = option("step", "learning-rate schedule after warm-up", choices=["cosine", "step", "constant"])
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule after warm-up; constant holds the peak lr, as the reference's 10 epochs do (its "
+        "StepLR(30) never steps): a step every --step-size epochs would cut a longer fine-tuning's lr mid warm-up",
+        choices=["cosine", "step", "constant"],
+    )
     warmup_epochs: float | None = option(
         None, "linear warm-up length in epochs (default: 0.7 of --epochs, the reference's 7 of 10)"
     )

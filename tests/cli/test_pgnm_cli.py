@@ -64,6 +64,18 @@ def test_heated_model_has_timm_keys_and_loads_strictly(pgnm_run):
     assert "conv1.0.weight" in state and "fc.weight" in state
 
 
+def test_a_long_finetune_holds_its_peak_lr_after_warm_up(pgnm_run, tmp_path):
+    """Past the reference's 10 epochs the fine-tuning lr rises over 7/10 of the run and then stays at its peak
+    to the end: the --step-size 30 a comparison shares must not cut it mid warm-up (it did, 10x at epoch 30)."""
+    out = tmp_path / "ft"
+    args = ["finetune", "--init", str(pgnm_run / "heated.pt"), *DATA, *FAST, "--epochs", "40", "--out", str(out)]
+    assert main([*args, "--val-every", "40", "--checkpoint-epochs", "40"]) == 0
+    lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(lrs) == 40 and lrs == sorted(lrs)  # never falls
+    assert lrs[27:] == pytest.approx([1e-3] * 13)  # warm-up over 28 epochs of one step each, then the peak
+    assert lrs[0] < 1e-4
+
+
 def test_finetune_from_heated_and_from_a_compiled_timm_state_dict(pgnm_run, tmp_path):
     out = tmp_path / "ft"
     assert (

@@ -223,7 +223,13 @@ def test_a_method_sets_its_own_pretraining_optimiser_and_nothing_else_changes(tm
     capsys.readouterr()
     assert main([*base, "--method-option", "adam:optimizer=adam", "adam:lr=0.01"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds a run with other options (lr)" in err
+    assert err.count("\n") == 1 and "holds a run with other options (lr, clip_grad)" in err
+    # a fine-tuning finished under another schedule (as before fine-tuning held its peak lr) is refused too
+    finetune_config = out / "random-mask" / "seed0" / "finetune" / "config.json"
+    finetune_config.write_text(json.dumps(json.loads(finetune_config.read_text()) | {"schedule": "step"}))
+    assert main([*base, "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run with other options (schedule)" in err
 
 
 @pytest.mark.parametrize(
