@@ -14,6 +14,7 @@ share the work, one per core with OMP_NUM_THREADS=1):
    schedule's best epoch is its last, so the peak is one of budgets, not of epochs within one run.
 2. The regime's budget T is that peak (or the longest rung, recorded as not peaked): the methods get
    T - T//5 pretraining epochs + T//5 fine-tuning epochs, plain gets T (equal compute: equal classifier steps).
+   Fine-tuning is rlmask's (the reference's): SGD lr 1e-3, warm-up over 7/10 of its epochs, then held.
 3. `rlmask compare` per regime, 3 seeds, in passes over the same folder (each reuses the sub-runs before it):
    pass 1 the agents against plain (random-mask, pgnm-reinforce, apga, context-dqn); pass 2 the baselines a
    user would pick instead (trivialaugment, mixup, cutmix, cutout); pass 3 each agent on top of the regime's
