@@ -137,6 +137,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rlmask.config import coerce_all, load_config_file
     from rlmask.experiments.compare import (
         DEFAULT_METHODS,
+        FINETUNE_PER_METHOD,
         PRETRAIN_OWN,
         CompareConfig,
         parse_methods,
@@ -152,7 +153,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         spec = get_agent(variants.get(method, method), f"--config {args.config}: section")
         values = {str(k).replace("-", "_"): v for k, v in file_values.pop(key).items()}
         agent_fields = {f.name for f in dataclasses.fields(spec.options)} if spec.options else set()
-        training = {k: values.pop(k) for k in list(values) if k in PRETRAIN_OWN and k not in agent_fields}
+        own = (*PRETRAIN_OWN, *FINETUNE_PER_METHOD)
+        training = {k: values.pop(k) for k in list(values) if k in own and k not in agent_fields}
         if spec.options is None and values:
             raise UserError(f"--config {args.config}: section {method}: method {method} takes no options")
         if spec.options is not None:

@@ -65,6 +65,11 @@ PRETRAIN_OWN = (
     "clip_grad",
     "label_smoothing",
 )
+# The options a method may set for its own fine-tuning run (--method-option METHOD:finetune_lr=0.001): the same
+# optimiser and schedule keys under a finetune_ prefix (warm-up as finetune_warmup, a fraction of its epochs),
+# e.g. Adam for the fresh classification head behind Intelligent Masking's encoder. The others keep the
+# comparison's --finetune-lr / --finetune-warmup and FinetuneConfig's schedule.
+FINETUNE_PER_METHOD = tuple(f"finetune_{n}" for n in PRETRAIN_OWN if not n.startswith("warmup")) + ("finetune_warmup",)
 
 
 @dataclass
@@ -113,6 +118,8 @@ class CompareConfig(TrainConfig):
     # options, and (method_train) the PRETRAIN_OWN options of the method's pretraining run
     method_options: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method options"})
     method_train: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method pretraining options"})
+    # {method: {option: value}}: the FINETUNE_PER_METHOD options of the method's fine-tuning run
+    method_finetune: dict = field(default_factory=dict, metadata={"cli": False, "help": "per-method fine-tuning"})
     # {label: agent} of the compared methods; a label differs from its agent for a variant (LABEL=METHOD)
     agents: dict = field(default_factory=dict, metadata={"cli": False, "help": "agent of each method"})
 
@@ -141,13 +148,11 @@ class CompareConfig(TrainConfig):
             if self.transfer_repeats < 1:
                 raise UserError(f"--transfer-repeats {self.transfer_repeats}: must be at least 1")
         options, train = {}, {m: dict(v) for m, v in self.method_train.items()}
+        fine = {m: dict(v) for m, v in self.method_finetune.items()}
         for method, values in self.method_options.items():  # a config file's sections: split them the same way
             for name, value in values.items():
-                own = name in PRETRAIN_OWN and not _agent_has(self.agent_of(method), name)
-                target = train if own else options
-                target.setdefault(method, {}).update(
-                    coerce_all(TrainConfig, {name: value}, f"--config: [{method}]") if own else {name: value}
-                )
+                if not self._training_option(method, name, value, train, fine, f"--config: [{method}]"):
+                    options.setdefault(method, {})[name] = value
         for item in self.method_option:
             method, sep, assignment = item.partition(":")
             name, eq, value = assignment.partition("=")
@@ -157,8 +162,7 @@ class CompareConfig(TrainConfig):
                 raise UserError(f"--method-option {item}: {method} is not among --methods ({', '.join(self.agents)})")
             spec = get_agent(self.agent_of(method))
             name = name.replace("-", "_")
-            if name in PRETRAIN_OWN and not _agent_has(self.agent_of(method), name):
-                train.setdefault(method, {}).update(coerce_all(TrainConfig, {name: value}, f"--method-option {item}"))
+            if self._training_option(method, name, value, train, fine, f"--method-option {item}"):
                 continue
             if spec.options is None:
                 raise UserError(f"--method-option {item}: method {method} takes no options")
@@ -166,7 +170,7 @@ class CompareConfig(TrainConfig):
             if name not in known:
                 raise UserError(
                     f"--method-option {item}: --{name.replace('_', '-')} is not an option of {method} "
-                    f"(nor one of its pretraining options: {', '.join(PRETRAIN_OWN)})"
+                    f"(nor one of its training options: {', '.join(PRETRAIN_OWN)}, each also as finetune_NAME)"
                 )
             options.setdefault(method, {}).update(coerce_all(spec.options, {name: value}, f"--method-option {item}"))
         for method, values in options.items():
@@ -179,15 +183,37 @@ class CompareConfig(TrainConfig):
                 f"--finetune-epochs 0: {', '.join(unlabelled)} pretrain(s) without labels and need "
                 "fine-tuning epochs to be scored"
             )  # >>>
-        self.method_options, self.method_train = options, train
-        for method, values in train.items():  # e.g. --method-option context-dqn:optimizer=adam context-dqn:lr=1e-3
-            where = f"--method-option {method}:{','.join(values)}"
+        self.method_options, self.method_train, self.method_finetune = options, train, fine
+        for method in {**train, **fine}:  # e.g. --method-option context-dqn:optimizer=adam context-dqn:lr=1e-3
+            own = [*train.get(method, {}), *fine.get(method, {})]
+            where = f"--method-option {method}:{','.join(own)}"
             if method == "plain":
-                raise UserError(f"{where}: plain trains with the comparison's own options (--{next(iter(values))})")
+                flag = own[0].replace("_", "-")
+                raise UserError(f"{where}: plain trains with the comparison's own options (--{flag})")
+            if method in fine and self.finetune_epochs == 0:
+                raise UserError(f"{where}: --finetune-epochs 0, so {method} has no fine-tuning to set")
             try:
-                TrainConfig(**(_train_fields(self) | values), epochs=self.epochs).validate()
+                TrainConfig(**(_train_fields(self) | train.get(method, {})), epochs=self.epochs).validate()
+                if method in fine:
+                    _finetune_config(self, method, 0, Path(self.out)).validate()
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
+
+    def _training_option(self, method: str, name: str, value, train: dict, fine: dict, where: str) -> bool:
+        """File ``name=value`` under ``train`` (a PRETRAIN_OWN option of the method's pretraining) or ``fine``
+        (a FINETUNE_PER_METHOD one, prefix dropped) where it is one and not the agent's own; whether it was."""
+        if _agent_has(self.agent_of(method), name):
+            return False
+        if name in PRETRAIN_OWN:
+            train.setdefault(method, {}).update(coerce_all(TrainConfig, {name: value}, where))
+        elif name == "finetune_warmup":
+            fine.setdefault(method, {}).update(coerce_all(CompareConfig, {name: value}, where))
+        elif name in FINETUNE_PER_METHOD:
+            values = coerce_all(FinetuneConfig, {name.removeprefix("finetune_"): value}, where)
+            fine.setdefault(method, {}).update({f"finetune_{k}": v for k, v in values.items()})
+        else:
+            return False
+        return True
 
 
 def _agent_has(agent: str, name: str) -> bool:
@@ -376,23 +402,29 @@ def _method_runs(cfg: CompareConfig, out: Path, seed: int, method: str) -> list[
         row |= {f"heated_{k}": v for k, v in _tta_scores(pre_metrics).items()}  # APGA addition
     curve = read_jsonl(pre_dir / "log.jsonl")
     if cfg.finetune_epochs:
-        fine_metrics = _run_once(
-            finetune,
-            FinetuneConfig(
-                **_train_fields(cfg, skip=FINETUNE_OWN),
-                seed=seed,
-                out=str(fine_dir),
-                epochs=cfg.finetune_epochs,
-                lr=cfg.finetune_lr,
-                warmup_epochs=cfg.finetune_warmup * cfg.finetune_epochs,
-                init=str(pre_dir / "heated.pt"),
-            ),
-        )
+        fine_metrics = _run_once(finetune, _finetune_config(cfg, method, seed, out))
         row |= _scores(fine_metrics)
         curve += read_jsonl(fine_dir / "log.jsonl")
     else:
         row |= _scores(pre_metrics)
     return [(method, row, curve)]
+
+
+def _finetune_config(cfg: CompareConfig, method: str, seed: int, out: Path) -> FinetuneConfig:
+    """The fine-tuning run of ``method``'s heated model: the comparison's options but for FINETUNE_OWN, which
+    are FinetuneConfig's (the reference's) or --finetune-lr / --finetune-warmup, or the method's own
+    (FINETUNE_PER_METHOD)."""
+    own = {k.removeprefix("finetune_"): v for k, v in cfg.method_finetune.get(method, {}).items()}
+    warmup = own.pop("warmup", cfg.finetune_warmup)
+    folder = out / method / f"seed{seed}"
+    return FinetuneConfig(
+        **(_train_fields(cfg, skip=FINETUNE_OWN) | {"lr": cfg.finetune_lr} | own),
+        seed=seed,
+        out=str(folder / "finetune"),
+        epochs=cfg.finetune_epochs,
+        warmup_epochs=warmup * cfg.finetune_epochs,
+        init=str(folder / "pretrain" / "heated.pt"),
+    )
 
 
 def run_comparison(cfg: CompareConfig) -> dict:
@@ -776,6 +808,23 @@ def _fmt(stat: dict) -> str:
     return f"{mean:.4f} ± {high - mean:.4f}"
 
 
+def _own_recipes(cfg: dict) -> list[str]:
+    """A line naming the methods that train with their own optimiser or schedule (--method-option), if any."""
+    own = []
+    for method in cfg.get("methods", []):
+        parts = [
+            f"{stage} {', '.join(f'{k.removeprefix(prefix)}={v}' for k, v in values.items())}"
+            for stage, values, prefix in (
+                ("pretraining", cfg.get("method_train", {}).get(method), ""),
+                ("fine-tuning", cfg.get("method_finetune", {}).get(method), "finetune_"),
+            )
+            if values
+        ]
+        if parts:
+            own.append(f"{method} ({'; '.join(parts)})")
+    return [f"Methods with their own training options, all else as the comparison's: {'; '.join(own)}."] if own else []
+
+
 def render_markdown(result: dict, figures: dict[str, str]) -> str:
     """comparison.md: the equal-compute table first, the reference's unequal view second."""
     cfg = result["config"]
@@ -789,6 +838,7 @@ def render_markdown(result: dict, figures: dict[str, str]) -> str:
         f"the mean alone with one seed). Methods: {cfg['epochs']} pretraining + "
         f"{cfg['finetune_epochs']} fine-tuning epochs; plain: {result['equal_compute_epochs']} epochs (equal compute).",
         wall_time_line(result),
+        *_own_recipes(cfg),
         "",
         *render_paired(result),
         *render_transfer(result),

@@ -219,6 +219,7 @@ def test_a_method_sets_its_own_pretraining_optimiser_and_nothing_else_changes(tm
     for other in (config("plain", "seed0"), config("random-mask", "seed0", "pretrain")):
         assert (other["optimizer"], other["lr"], other["clip_grad"]) == ("sgd", 0.1, 0.0)
     assert config("adam", "seed0", "finetune")["optimizer"] == "sgd"
+    assert "adam (pretraining optimizer=adam, lr=0.001, clip_grad=1.0)" in (out / "comparison.md").read_text()
     # run again with another learning rate for it: the finished sub-run is not silently reused
     capsys.readouterr()
     assert main([*base, "--method-option", "adam:optimizer=adam", "adam:lr=0.01"]) == 2
@@ -232,10 +233,46 @@ def test_a_method_sets_its_own_pretraining_optimiser_and_nothing_else_changes(tm
     assert err.count("\n") == 1 and "holds a run with other options (schedule)" in err
 
 
+def test_a_method_sets_its_own_fine_tuning_recipe_and_nothing_else_changes(tmp_path, capsys):
+    """``--method-option METHOD:finetune_NAME=...`` (e.g. Adam for a fresh head) sets that method's fine-tuning
+    run only, from the command line or its config file section; the others keep the comparison's recipe."""
+    out = tmp_path / "cmp"
+    base = ["compare", *TINY, "--methods", "plain,random-mask,own=random-mask", "--epochs", "1"]
+    base += ["--finetune-epochs", "2", "--seeds", "1", "--bootstrap-resamples", "200", "--out", str(out)]
+    config_file = tmp_path / "study.toml"
+    config_file.write_text("[own]\nfinetune_warmup = 0.5\n")
+    own = ["--method-option", "own:finetune_optimizer=adam", "own:finetune-lr=0.0005", "own:finetune_schedule=cosine"]
+    assert main([*base, "--config", str(config_file), *own]) == 0, capsys.readouterr().err
+
+    def config(*parts):
+        return json.loads((out.joinpath(*parts) / "config.json").read_text())
+
+    def recipe(method):
+        fine = config(method, "seed0", "finetune")
+        return fine["optimizer"], fine["lr"], fine["schedule"], fine["warmup_epochs"]
+
+    assert recipe("own") == ("adam", 0.0005, "cosine", 1.0)
+    assert recipe("random-mask") == ("sgd", 0.001, "constant", 1.4)
+    assert config("own", "seed0", "pretrain")["optimizer"] == config("plain", "seed0")["optimizer"] == "sgd"
+    text = (out / "comparison.md").read_text()
+    assert "own (fine-tuning warmup=0.5, optimizer=adam, lr=0.0005, schedule=cosine)" in text
+    # the same study without them: its fine-tuning is not silently reused
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    changed = "(optimizer, lr, schedule, warmup_epochs)"
+    assert err.count("\n") == 1 and f"own/seed0/finetune holds a run with other options {changed}" in err
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
         ("plain:lr=0.01", "plain trains with the comparison's own options (--lr)"),
+        ("plain:finetune_lr=0.01", "plain trains with the comparison's own options (--finetune-lr)"),
+        ("random-mask:finetune_lr=0", "--method-option random-mask:finetune_lr: --lr 0.0: must be greater than 0"),
+        ("random-mask:finetune_warmup=2", "--method-option random-mask:finetune_warmup: --warmup-epochs 2.0: longer"),
+        ("random-mask:finetune_optimizer=lbfgs", "choose from sgd, adamw, adam"),
+        ("random-mask:finetune_init=x", "is not an option of random-mask"),
         ("random-mask:lr=-1", "--method-option random-mask:lr: --lr -1.0: must be greater than 0"),
         ("random-mask:optimizer=lbfgs", "choose from sgd, adamw, adam"),
     ],
