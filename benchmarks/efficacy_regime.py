@@ -22,8 +22,9 @@ share the work, one per core with OMP_NUM_THREADS=1):
    strongest baseline (by the mean validation macro-F1 of its final models, never the test split) and each
    agent annealed (--mask-schedule cosine).
 
-``table`` gathers every finished comparison below OUT into RESULTS (regime.json, regime.md, regime.png: method
-- plain macro-F1 against images per class, one line per method, 95% interval bands, a panel per source) and
+``table`` gathers every finished comparison below OUT into RESULTS (regime.json; regime.md, with the sizes where
+each method is behind or ahead and the size from which it is no longer behind; regime.png: method - plain
+macro-F1 against images per class, one line per method, 95% interval bands, a panel per source) and
 copies each regime's comparison.{json,md} and figures to RESULTS/SOURCE-nN/.
 """
 
@@ -327,6 +328,42 @@ def render(found: dict) -> str:
     return "\n".join(lines)
 
 
+def gap_closes(verdicts: dict[int, str]) -> str:
+    """Where a method's gap to plain closes, from its verdict at each measured size: the smallest size from
+    which it is detectably behind at no larger measured size ("not different" is no proof of equality)."""
+    sizes = sorted(verdicts)
+    behind = [n for n in sizes if verdicts[n] == "worse"]
+    span = f"{sizes[0]}-{sizes[-1]}/class" if len(sizes) > 1 else f"{sizes[0]}/class"
+    if not behind:
+        return f"behind at no size measured ({span})"
+    if behind[-1] == sizes[-1]:
+        return f"still behind at {sizes[-1]}/class, the largest measured"
+    return f"not detectably behind from {next(n for n in sizes if n > behind[-1])}/class on"
+
+
+def render_gaps(found: dict) -> str:
+    """Per source and method: the sizes where it is behind or ahead of plain, and where its gap closes."""
+    lines = [
+        "## Where each method's gap to plain closes: the sizes where it is behind or ahead (the verdicts above)",
+        "",
+    ]
+    for source, by_size in found.items():
+        lines += [f"### {source}", "", "| method | behind at | ahead at | the gap |", "|---|---|---|---|"]
+        methods = sorted({m for cell in by_size.values() for m in cell["paired"]})
+        for method in methods:
+            verdicts = {
+                n: cell["paired"][method]["macro_f1"].get("verdict")
+                for n, cell in sorted(by_size.items())
+                if method in cell["paired"]
+            }
+            behind, ahead = ([str(n) for n, v in verdicts.items() if v == word] for word in ("worse", "better"))
+            lines.append(
+                f"| {method} | {', '.join(behind) or '-'} | {', '.join(ahead) or '-'} | {gap_closes(verdicts)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 PANELS = ("agents", "baselines", "agents on the strongest baseline", "agents annealed (cosine)")
 
 
@@ -428,7 +465,7 @@ def cmd_table(args) -> int:
                 if (folder / name).is_file():
                     shutil.copy(folder / name, dest / name)
     (args.results / "regime.json").write_text(json.dumps(found, indent=1))
-    text = render(found) + ("\n" + render_pilots(pilots) if pilots else "")
+    text = render(found) + "\n" + render_gaps(found) + ("\n" + render_pilots(pilots) if pilots else "")
     (args.results / "regime.md").write_text(text + "\n")
     plot(found, args.results / "regime.png")
     print(text)

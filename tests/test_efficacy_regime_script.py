@@ -148,9 +148,24 @@ def test_table_and_figure_of_the_finished_regimes(tmp_path):
     assert "| seeds | 3 | 2 |" in table
     assert "| pair-n10 | 25: 0.500, 50: 0.600, 100: 0.550 | 50 |" in table  # every pilot, with or without study
     assert "| pair-n50 | 10: 0.500, 20: 0.600 | 20 (the longest: still rising) |" in table
+    assert "| random-mask | 10 | - | not detectably behind from 25/class on |" in table
+    assert "| mixup | - | 25 | behind at no size measured (25/class) |" in table
     assert (results / "regime.png").stat().st_size > 0
     assert (results / "pair-n25" / "comparison.json").is_file()
     assert json.loads((results / "regime.json").read_text())["pair"]["25"]["equal_compute_epochs"] == 20
+
+
+@pytest.mark.parametrize(
+    "verdicts, said",
+    [
+        ({10: "worse", 25: "worse", 50: "no detectable difference"}, "not detectably behind from 50/class on"),
+        ({10: "worse", 25: "no detectable difference", 50: "worse"}, "still behind at 50/class, the largest measured"),
+        ({10: "better", 25: "no detectable difference"}, "behind at no size measured (10-25/class)"),
+        ({10: "no detectable difference"}, "behind at no size measured (10/class)"),
+    ],
+)
+def test_the_size_where_a_gap_closes_is_the_first_after_its_last_behind(verdicts, said):
+    assert regime.gap_closes(verdicts) == said
 
 
 def test_table_without_a_finished_regime_is_one_line(tmp_path):
